@@ -43,7 +43,13 @@ class ScenarioEnv:
         self._observe = ObservationFunction(
             spec.obs_fn, self.domain.obs_dim, np.random.default_rng(spec.seed)
         )
-        self._observe.seed(np.random.default_rng([spec.seed, episode_seed]))
+        self.reseed(episode_seed)
+
+    def reseed(self, seed: int) -> None:
+        """Seeds the initial-state draws and the observation noise of the episodes to come."""
+        # dm_control's Task keeps its RandomState in `_random` and draws initial states from it.
+        self._env.task._random = np.random.RandomState(seed)
+        self._observe.seed(np.random.default_rng([self.spec.seed, seed]))
 
     @property
     def physics(self):

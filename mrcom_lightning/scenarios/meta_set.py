@@ -10,14 +10,15 @@ import numpy as np
 from mrcom_lightning.scenarios.domains import DOMAINS
 from mrcom_lightning.scenarios.spec import OBS_FNS, ScenarioSpec
 
-SPLITS = ("train", "test_id", "test_ood")
+# "val" comes last so that adding it left the other splits' draws unchanged.
+SPLITS = ("train", "test_id", "test_ood", "val")
 
 
 @dataclasses.dataclass(frozen=True)
 class MetaScenarioSet:
     """Draws scenarios from dynamics (α) and objective (β) ranges.
 
-    Train and in-distribution test scenarios draw torso scales from [1-α, 1+α] and target
+    Train, validation and in-distribution test scenarios draw torso scales from [1-α, 1+α] and target
     speeds from [β_lo, β_hi]; out-of-distribution ones draw scales from
     [1-2α, 1-α) ∪ (1+α, 1+2α] and speeds from [β_lo-w, β_lo) ∪ (β_hi, β_hi+w], w = β_hi-β_lo
     (kept above zero). Each split draws from its own seeded stream, so adding test scenarios
@@ -32,6 +33,7 @@ class MetaScenarioSet:
         num_train: training scenarios per domain.
         num_test_id: in-distribution test scenarios per domain.
         num_test_ood: out-of-distribution test scenarios per domain.
+        num_val: validation scenarios per domain (in distribution, held out from training).
         seed: seeds every draw.
     """
 
@@ -42,6 +44,7 @@ class MetaScenarioSet:
     num_train: int = 8
     num_test_id: int = 2
     num_test_ood: int = 2
+    num_val: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,7 +66,7 @@ class MetaScenarioSet:
             raise ValueError(f"beta is an empty range: beta_hi must be >= beta_lo, got beta=({lo}, {hi})")
         if self.obs_fn not in OBS_FNS:
             raise ValueError(f"obs_fn must be one of {list(OBS_FNS)}, got {self.obs_fn!r}")
-        for name in ("num_train", "num_test_id", "num_test_ood"):
+        for name in ("num_train", "num_test_id", "num_test_ood", "num_val"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -91,10 +94,10 @@ class MetaScenarioSet:
         return float(lo - max(rng.uniform(0, width), np.nextafter(0, 1)))
 
     def draw(self, split: str) -> list[ScenarioSpec]:
-        """The scenarios of `split` (`train`, `test_id` or `test_ood`), domain by domain."""
+        """The scenarios of `split` (`train`, `val`, `test_id` or `test_ood`), domain by domain."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        count = {"train": self.num_train, "test_id": self.num_test_id, "test_ood": self.num_test_ood}[split]
+        count = getattr(self, f"num_{split}")
         ood = split == "test_ood"
         specs = []
         for domain in self.domains:
@@ -115,6 +118,10 @@ class MetaScenarioSet:
     @property
     def train(self) -> list[ScenarioSpec]:
         return self.draw("train")
+
+    @property
+    def val(self) -> list[ScenarioSpec]:
+        return self.draw("val")
 
     @property
     def test_id(self) -> list[ScenarioSpec]:

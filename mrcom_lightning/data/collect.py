@@ -1,0 +1,193 @@
+"""`mrcom collect`: behaviour episodes for a meta-scenario set, in parallel and resumable (DESIGN.md §3).
+
+Every episode has a fixed place (scenario, policy, index) and a seed derived from the
+dataset seed and that place, so a re-run after a kill writes exactly the missing episodes,
+and one worker or many give the same files. With the `sac` behaviour, one SAC agent per
+domain is trained across that domain's training scenarios: its replay becomes the `mix`
+data, its final policy the `expert` and the snapshot whose evaluation return is closest to
+half of the expert's the `medium` one (Table 5 of the paper).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import zlib
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mrcom_lightning.agents import SAC, SACConfig
+from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore
+from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioSpec, make_env
+
+MANIFEST = "dataset.json"
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """Which behaviour data to collect, and where.
+
+    Attributes:
+        root: dataset directory.
+        scenarios: the meta-scenario set whose train, test_id and test_ood scenarios are collected.
+        behaviour: `random`, or `sac` (yields the `expert`, `medium` and `mix` policies).
+        episodes_per_scenario: episodes per training scenario and policy.
+        test_episodes_per_scenario: episodes per validation and test scenario (ID and OOD) and policy.
+        episode_steps: steps per episode (dm_control's default is 1000).
+        sac_steps: environment steps of SAC training per domain (behaviour `sac`).
+        sac: SAC settings of the behaviour agents.
+        seed: seeds every episode and agent.
+    """
+
+    root: str = "data/multi"
+    scenarios: MetaScenarioSet = dataclasses.field(default_factory=MetaScenarioSet)
+    behaviour: Literal["random", "sac"] = "random"
+    episodes_per_scenario: int = 4
+    test_episodes_per_scenario: int = 2
+    episode_steps: int = 500
+    sac_steps: int = 100_000
+    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("episodes_per_scenario", "test_episodes_per_scenario", "episode_steps", "sac_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return ("random",) if self.behaviour == "random" else ("expert", "medium", "mix")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    spec: ScenarioSpec
+    policy: str
+    index: int
+    episode_steps: int
+    seed: int
+    agent_path: Optional[str]
+
+
+def episode_seed(dataset_seed: int, spec: ScenarioSpec, policy: str, index: int) -> int:
+    """The seed of one episode, from its place in the dataset only."""
+    entropy = [dataset_seed, zlib.crc32(spec.id.encode()), POLICIES.index(policy), index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+_AGENTS: dict[str, SAC] = {}
+
+
+def _load_agent(path: str) -> SAC:
+    if path not in _AGENTS:
+        _AGENTS[path] = torch.load(path, weights_only=False)
+    return _AGENTS[path]
+
+
+def run_episode(env, policy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rolls one episode with `policy(obs) -> action` (None: uniform random actions)."""
+    observations, actions, rewards = [env.reset()], [], []
+    done = False
+    while not done:
+        action = env.random_action(rng) if policy is None else policy(observations[-1])
+        obs, reward, done = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+    return np.stack(observations), np.stack(actions), np.asarray(rewards, dtype=np.float32)
+
+
+def _collect_one(job: _Job) -> str:
+    store_root, job = job
+    env = make_env(job.spec, seed=job.seed, episode_steps=job.episode_steps)
+    rng = np.random.default_rng(job.seed)
+    policy = None
+    if job.agent_path is not None:
+        agent = _load_agent(job.agent_path)
+        agent.reseed(job.seed)
+        policy = lambda obs: agent.act(obs, deterministic=False)  # noqa: E731
+    obs, action, reward = run_episode(env, policy, rng)
+    episode = Episode(obs, action, reward, np.zeros(len(reward), bool), job.spec, job.policy, job.seed)
+    return str(EpisodeStore(store_root).write(episode, job.index))
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _check_manifest(config: DatasetConfig) -> None:
+    path = Path(config.root) / MANIFEST
+    wanted = config.to_dict()
+    if path.exists():
+        found = json.loads(path.read_text()).get("config")
+        if found != wanted:
+            changed = sorted(k for k in wanted if found is None or found.get(k) != wanted[k])
+            raise ValueError(
+                f"dataset at {config.root} was collected with other settings ({', '.join(changed)} differ); "
+                "choose another data.root or delete the directory"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": wanted, "complete": False}, indent=1))
+
+
+def is_complete(root: str | Path) -> bool:
+    path = Path(root) / MANIFEST
+    return path.exists() and json.loads(path.read_text()).get("complete", False)
+
+
+def _jobs(config: DatasetConfig, agents: dict[tuple[str, str], str]) -> list[_Job]:
+    store = EpisodeStore(config.root)
+    jobs = []
+    for split in SPLITS:
+        count = config.episodes_per_scenario if split == "train" else config.test_episodes_per_scenario
+        for spec in config.scenarios.draw(split):
+            store.write_spec(spec)
+            for policy in config.policies:
+                if policy == "mix":  # SAC's own replay, written when the agent trains
+                    continue
+                done = store.existing_indices(spec, policy)
+                for index in range(count):
+                    if index not in done:
+                        seed = episode_seed(config.seed, spec, policy, index)
+                        jobs.append(_Job(spec, policy, index, config.episode_steps, seed, agents.get((spec.domain, policy))))
+    return jobs
+
+
+def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> Path:
+    """Collects whatever of the dataset is missing; returns its root."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    _check_manifest(config)
+    store = EpisodeStore(config.root)
+    store.clean()
+    agents = {}
+    if config.behaviour == "sac":
+        from mrcom_lightning.data.behaviour import train_behaviour_agents
+
+        agents = train_behaviour_agents(config, store, progress=progress)
+    jobs = _jobs(config, agents)
+    bar = tqdm(total=len(jobs), desc="collect episodes", unit="ep", disable=not progress or not jobs)
+    if workers == 1:
+        _init_worker()
+        for job in jobs:
+            _collect_one((config.root, job))
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            for _ in pool.map(_collect_one, [(config.root, job) for job in jobs], chunksize=1):
+                bar.update()
+    bar.close()
+    manifest = Path(config.root) / MANIFEST
+    manifest.write_text(json.dumps({"config": config.to_dict(), "complete": True}, indent=1))
+    return Path(config.root)

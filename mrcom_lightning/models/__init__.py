@@ -1,0 +1,25 @@
+"""The MrCoM world model's components (DESIGN.md §4), each citing its equation."""
+
+from mrcom_lightning.models.context import ContextTransformer
+from mrcom_lightning.models.latent import LatentCell, LatentSequence
+from mrcom_lightning.models.losses import MetaStateLoss, MetaValueLoss, ValueLoss, WorldModelLoss
+from mrcom_lightning.models.tokenizers import DomainDecoder, DomainTokenizer
+from mrcom_lightning.models.value import MetaValue, ScenarioValues
+from mrcom_lightning.models.world_model import Observation, WorldModel, WorldModelConfig
+
+__all__ = [
+    "ContextTransformer",
+    "DomainDecoder",
+    "DomainTokenizer",
+    "LatentCell",
+    "LatentSequence",
+    "MetaStateLoss",
+    "MetaValue",
+    "MetaValueLoss",
+    "Observation",
+    "ScenarioValues",
+    "ValueLoss",
+    "WorldModel",
+    "WorldModelConfig",
+    "WorldModelLoss",
+]

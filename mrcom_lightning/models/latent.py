@@ -1,0 +1,141 @@
+"""The latent state s_t = [z_t, h_t, u_t] and its priors and posteriors (Eq. 6–8, 11)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.distributions import Independent
+
+from mrcom_lightning.models.layers import GaussianHead, mlp
+
+
+@dataclasses.dataclass
+class LatentSequence:
+    """A posterior pass over t = 0..N: every tensor is [B, N+1, ·].
+
+    `recurrent` is the transition's output (h_t, or the feed-forward features without h),
+    `deterministic` is h_t (empty when the model has none), `stochastic` z_t ~ q,
+    `auxiliary` u_t ~ q (empty when the model has none), and the distributions the losses
+    compare: the priors p(z_t | h_t, c_t), p(u_t | c_t), the posteriors q(z_t | h_t, c_t, e_t),
+    q(u_t | c_t, e_t), and the meta-state prior r(z_t | a_{t-1}, c_t).
+    """
+
+    recurrent: torch.Tensor
+    deterministic: torch.Tensor
+    stochastic: torch.Tensor
+    auxiliary: torch.Tensor
+    prior: Independent
+    posterior: Independent
+    auxiliary_prior: Independent | None
+    auxiliary_posterior: Independent | None
+    meta_prior: Independent | None
+
+    @property
+    def features(self) -> torch.Tensor:
+        """s_t = [z_t, h_t, u_t]."""
+        return torch.cat([self.stochastic, self.deterministic, self.auxiliary], dim=-1)
+
+
+class LatentCell(nn.Module):
+    """Eq. 6–8: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}) (a GRU), p(z_t | h_t, c_t), q(z_t | h_t, c_t, e_t),
+    p(u_t | c_t), q(u_t | c_t, e_t); and the meta-state prior r(z_t | a_{t-1}, c_t) of Eq. 11.
+
+    `deterministic_dim=0` is the "w/o h" ablation: the transition is then a feed-forward
+    function of (z_{t-1}, a_{t-1}) that carries no memory and is not part of s_t.
+    `auxiliary_dim=0` removes u (the RSSM and CaDM baselines); `meta_prior=False` removes r.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        stochastic_dim: int,
+        deterministic_dim: int,
+        auxiliary_dim: int,
+        hidden_dim: int,
+        meta_prior: bool = True,
+    ):
+        super().__init__()
+        self.stochastic_dim = stochastic_dim
+        self.deterministic_dim = deterministic_dim
+        self.auxiliary_dim = auxiliary_dim
+        self.recurrent_dim = deterministic_dim or hidden_dim
+        self.transition_in = nn.Sequential(nn.Linear(stochastic_dim + embed_dim, hidden_dim), nn.ReLU())
+        if deterministic_dim:
+            self.gru = nn.GRUCell(hidden_dim, deterministic_dim)
+        else:
+            self.feedforward = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+        self.prior_net = GaussianHead(self.recurrent_dim + embed_dim, stochastic_dim, hidden_dim)
+        self.posterior_net = GaussianHead(self.recurrent_dim + 2 * embed_dim, stochastic_dim, hidden_dim)
+        if auxiliary_dim:
+            self.auxiliary_prior_net = GaussianHead(embed_dim, auxiliary_dim, hidden_dim)
+            self.auxiliary_posterior_net = GaussianHead(2 * embed_dim, auxiliary_dim, hidden_dim)
+        self.meta_prior_net = GaussianHead(2 * embed_dim, stochastic_dim, hidden_dim) if meta_prior else None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.stochastic_dim + self.deterministic_dim + self.auxiliary_dim
+
+    def initial(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_{-1}, z_{-1}) = 0."""
+        return torch.zeros(batch, self.recurrent_dim, device=device), torch.zeros(batch, self.stochastic_dim, device=device)
+
+    def transition(self, recurrent: torch.Tensor, stochastic: torch.Tensor, action_embed: torch.Tensor) -> torch.Tensor:
+        """h_t from (h_{t-1}, z_{t-1}, a_{t-1})."""
+        x = self.transition_in(torch.cat([stochastic, action_embed], dim=-1))
+        return self.gru(x, recurrent) if self.deterministic_dim else self.feedforward(x)
+
+    def prior(self, recurrent: torch.Tensor, context: torch.Tensor) -> Independent:
+        return self.prior_net(torch.cat([recurrent, context], dim=-1))
+
+    def auxiliary_prior(self, context: torch.Tensor) -> Independent | None:
+        return self.auxiliary_prior_net(context) if self.auxiliary_dim else None
+
+    def _deterministic_part(self, recurrent: torch.Tensor) -> torch.Tensor:
+        return recurrent if self.deterministic_dim else recurrent[..., :0]
+
+    def _auxiliary_sample(self, dist: Independent | None, like: torch.Tensor) -> torch.Tensor:
+        return dist.rsample() if dist is not None else like[..., :0]
+
+    def observe(self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor) -> LatentSequence:
+        """The posterior pass over e_0..e_N, a_{-1}..a_{N-1} (a_{-1} = 0) and c_0..c_N, all [B, N+1, ·]."""
+        batch, steps, _ = obs_embed.shape
+        recurrent, stochastic = self.initial(batch, obs_embed.device)
+        recurrents, stochastics, means, stds = [], [], [], []
+        for t in range(steps):
+            recurrent = self.transition(recurrent, stochastic, prev_action_embed[:, t])
+            posterior = self.posterior_net(torch.cat([recurrent, context[:, t], obs_embed[:, t]], dim=-1))
+            stochastic = posterior.rsample()
+            recurrents.append(recurrent)
+            stochastics.append(stochastic)
+            means.append(posterior.base_dist.loc)
+            stds.append(posterior.base_dist.scale)
+        recurrent = torch.stack(recurrents, 1)
+        posterior = Independent(torch.distributions.Normal(torch.stack(means, 1), torch.stack(stds, 1)), 1)
+        auxiliary_posterior = (
+            self.auxiliary_posterior_net(torch.cat([context, obs_embed], dim=-1)) if self.auxiliary_dim else None
+        )
+        meta_prior = (
+            self.meta_prior_net(torch.cat([prev_action_embed, context], dim=-1)) if self.meta_prior_net else None
+        )
+        stochastic = torch.stack(stochastics, 1)
+        return LatentSequence(
+            recurrent=recurrent,
+            deterministic=self._deterministic_part(recurrent),
+            stochastic=stochastic,
+            auxiliary=self._auxiliary_sample(auxiliary_posterior, stochastic),
+            prior=self.prior(recurrent, context),
+            posterior=posterior,
+            auxiliary_prior=self.auxiliary_prior(context),
+            auxiliary_posterior=auxiliary_posterior,
+            meta_prior=meta_prior,
+        )
+
+    def imagine(self, recurrent, stochastic, action_embed, context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One prior step: (h_t, z_t ~ p(z_t | h_t, c_t), s_t) from (h_{t-1}, z_{t-1}, a_{t-1}, c_t)."""
+        recurrent = self.transition(recurrent, stochastic, action_embed)
+        stochastic = self.prior(recurrent, context).rsample()
+        auxiliary = self._auxiliary_sample(self.auxiliary_prior(context), stochastic)
+        features = torch.cat([stochastic, self._deterministic_part(recurrent), auxiliary], dim=-1)
+        return recurrent, stochastic, features

@@ -1,0 +1,65 @@
+"""Building blocks shared by the world model's components (DreamerV3's transforms and heads)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+MIN_STD = 0.1  # lower bound of every Gaussian's std (Dreamer's choice; keeps KLs finite)
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, layers: int = 3) -> nn.Sequential:
+    """A `layers`-layer ReLU MLP (the paper's tokenizer, decoder and reward modules: 3 layers)."""
+    dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
+    modules: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        modules.append(nn.Linear(a, b))
+        if i < layers - 1:
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+class GaussianHead(nn.Module):
+    """A diagonal Gaussian N(μ, σ) over `dim` units from an MLP of its inputs."""
+
+    def __init__(self, in_dim: int, dim: int, hidden_dim: int, layers: int = 2):
+        super().__init__()
+        self.net = mlp(in_dim, 2 * dim, hidden_dim, layers)
+
+    def forward(self, x: torch.Tensor) -> Independent:
+        mean, std = self.net(x).chunk(2, dim=-1)
+        return Independent(Normal(mean, nn.functional.softplus(std) + MIN_STD), 1)
+
+
+class TwoHot(nn.Module):
+    """Two-hot encoding over symlog-spaced bins, DreamerV3's reward head target."""
+
+    def __init__(self, bins: int = 255, low: float = -20.0, high: float = 20.0):
+        super().__init__()
+        self.register_buffer("bins", torch.linspace(low, high, bins))
+
+    def encode(self, value: torch.Tensor) -> torch.Tensor:
+        x = symlog(value).clamp(self.bins[0], self.bins[-1])
+        above = torch.searchsorted(self.bins, x.contiguous(), right=False).clamp(1, len(self.bins) - 1)
+        below = above - 1
+        lo, hi = self.bins[below], self.bins[above]
+        weight_hi = ((x - lo) / (hi - lo)).clamp(0, 1)
+        target = torch.zeros(*x.shape, len(self.bins), device=x.device, dtype=x.dtype)
+        target.scatter_(-1, below.unsqueeze(-1), (1 - weight_hi).unsqueeze(-1))
+        target.scatter_add_(-1, above.unsqueeze(-1), weight_hi.unsqueeze(-1))
+        return target
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return symexp((logits.softmax(-1) * self.bins).sum(-1))
+
+    def nll(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return -(self.encode(value) * logits.log_softmax(-1)).sum(-1)

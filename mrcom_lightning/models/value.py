@@ -1,0 +1,60 @@
+"""Per-scenario values and the meta-value (Eq. 13–15)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mrcom_lightning.models.layers import mlp
+
+
+class ScenarioValues(nn.Module):
+    """Eq. 14: V_k(s) for each training scenario k, learned by the Bellman equation on real rewards.
+
+    One network with a head per scenario; a Polyak-averaged copy gives the bootstrap targets.
+    Values are in units of (1 − γ) × return, so they lie in the rewards' range.
+    """
+
+    def __init__(self, feature_dim: int, num_scenarios: int, hidden_dim: int, discount: float):
+        super().__init__()
+        self.discount = discount
+        self.net = mlp(feature_dim, num_scenarios, hidden_dim, 3)
+        self.target_net = copy.deepcopy(self.net).requires_grad_(False)
+
+    @staticmethod
+    def _pick(values: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        index = scenario.view(-1, *([1] * (values.dim() - 2)), 1).expand(*values.shape[:-1], 1)
+        return values.gather(-1, index).squeeze(-1)
+
+    def forward(self, features: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        """V_k(s) for each row's scenario k: features [B, N, F], scenario [B] -> [B, N]."""
+        return self._pick(self.net(features), scenario)
+
+    @torch.no_grad()
+    def bellman_target(self, next_features, reward, terminal, scenario) -> torch.Tensor:
+        """(1 − γ) r_t + γ V̄_k(s_{t+1}), with V̄ the target network."""
+        next_value = self._pick(self.target_net(next_features), scenario)
+        return (1 - self.discount) * reward + self.discount * (1 - terminal.float()) * next_value
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        for target, online in zip(self.target_net.parameters(), self.net.parameters()):
+            target.lerp_(online, tau)
+
+
+class MetaValue(nn.Module):
+    """V_meta(s): one value shared by all scenarios, regressed onto sg V_k(s) (Eq. 13)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = mlp(feature_dim, 1, hidden_dim, 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+    def frozen(self, features: torch.Tensor) -> torch.Tensor:
+        """V_meta(s) with the head's parameters held out of the graph: gradients reach `s` only (Eq. 15)."""
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(self, params, (features,))

@@ -1,0 +1,162 @@
+"""The LightningModule: wires the world model, its losses (Eq. 16) and its metrics."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from mrcom_lightning.metrics import PredictionMetrics
+from mrcom_lightning.models import (
+    MetaStateLoss,
+    MetaValueLoss,
+    ValueLoss,
+    WorldModel,
+    WorldModelConfig,
+    WorldModelLoss,
+)
+from mrcom_lightning.models.layers import symexp
+
+TEST_SPLITS = ("test_id", "test_ood")
+
+
+class MrCoM(L.LightningModule):
+    """MrCoM: L = w_wm·L_wm + w_ms·L_ms + w_mv·L_mv (Eq. 16), plus the value losses (Eq. 13–14).
+
+    Args:
+        world_model: sizes and switches of the world model (ablations and baselines included).
+        domain_dims: domain -> (observation dim, action dim), in domain-id order; linked from the
+            datamodule.
+        num_scenarios: number of training scenarios (one value head each); linked from the datamodule.
+        w_wm: weight of the world-model loss L_wm (Eq. 10).
+        w_ms: weight of the meta-state regularisation L_ms (Eq. 11–12); 0 removes it and its prior.
+        w_mv: weight of the meta-value regularisation L_mv (Eq. 15); 0 removes it and the value heads.
+        lr: AdamW learning rate (paper: 1e-4).
+        weight_decay: AdamW weight decay (the paper's "learning rate decay weight", 1e-4).
+        kl_dynamics: scale of KL(sg q‖p) (DreamerV3).
+        kl_representation: scale of KL(q‖sg p) (DreamerV3).
+        free_nats: KL clipped below at this many nats (DreamerV3's free bits).
+        value_tau: Polyak rate of the scenario values' target network.
+        open_loop_horizon: H of the open-loop prediction metric.
+        compile: `torch.compile` the world model (GPU option).
+    """
+
+    def __init__(
+        self,
+        world_model: WorldModelConfig = WorldModelConfig(),
+        domain_dims: dict[str, tuple[int, int]] | None = None,
+        num_scenarios: int = 1,
+        w_wm: float = 1.0,
+        w_ms: float = 0.1,
+        w_mv: float = 1.0,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        kl_dynamics: float = 0.5,
+        kl_representation: float = 0.1,
+        free_nats: float = 1.0,
+        value_tau: float = 0.005,
+        open_loop_horizon: int = 15,
+        compile: bool = False,
+    ):
+        super().__init__()
+        if not domain_dims:
+            raise ValueError("model.domain_dims is empty: it is linked from the datamodule (data.domain_dims)")
+        for name, value in (("w_wm", w_wm), ("w_ms", w_ms), ("w_mv", w_mv), ("weight_decay", weight_decay)):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value!r}")
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr!r}")
+        if open_loop_horizon <= 0:
+            raise ValueError(f"model.open_loop_horizon must be > 0, got {open_loop_horizon!r}")
+        self.save_hyperparameters()
+        self.domains = list(domain_dims)
+        self.obs_dims = [int(domain_dims[d][0]) for d in self.domains]
+        self.act_dims = [int(domain_dims[d][1]) for d in self.domains]
+        self.world_model = WorldModel(
+            world_model, self.obs_dims, self.act_dims, num_scenarios, meta_state=w_ms > 0, meta_value=w_mv > 0
+        )
+        kl = dict(kl_dynamics=kl_dynamics, kl_representation=kl_representation, free_nats=free_nats)
+        self.wm_loss = WorldModelLoss(**kl)
+        self.ms_loss = MetaStateLoss(**kl) if w_ms > 0 else None
+        self.value_loss = ValueLoss() if w_mv > 0 else None
+        self.mv_loss = MetaValueLoss() if w_mv > 0 else None
+        self.metrics = torch.nn.ModuleDict({split: PredictionMetrics(self.domains) for split in ("val",) + TEST_SPLITS})
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.world_model.compile()
+
+    def losses(self, batch: dict[str, torch.Tensor]):
+        """The named loss terms and their total (Eq. 16), and the posterior pass they came from."""
+        observation = self.world_model.observe(batch)
+        terms = self.wm_loss(self.world_model, observation, batch)
+        total = self.hparams.w_wm * terms["wm"]
+        if self.ms_loss is not None:
+            terms |= self.ms_loss(observation)
+            total = total + self.hparams.w_ms * terms["ms"]
+        if self.mv_loss is not None:
+            terms |= self.mv_loss(self.world_model, observation)
+            terms |= self.value_loss(self.world_model, observation, batch)
+            # The value losses train the value heads only (their inputs are detached).
+            total = total + self.hparams.w_mv * terms["mv"] + terms["scenario_value"] + terms["meta_value"]
+        terms["total"] = total
+        return terms, observation
+
+    def training_step(self, batch, batch_idx):
+        terms, _ = self.losses(batch)
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"train/loss/{name} is {value.item()} at step {self.global_step}: stopping before this "
+                    "state is checkpointed (try a lower model.lr or trainer.gradient_clip_val)"
+                )
+        self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
+        self.log("train/loss", terms["total"].detach(), prog_bar=True)
+        return terms["total"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.world_model.scenario_values is not None:
+            self.world_model.scenario_values.update_target(self.hparams.value_tau)
+
+    def _evaluate(self, batch, split: str) -> torch.Tensor:
+        terms, observation = self.losses(batch)
+        wm, domain, metrics = self.world_model, batch["domain"], self.metrics[split]
+        features = observation.latents.features
+        obs_error = (symexp(wm.decode(features, domain)) - batch["obs"]) ** 2
+        metrics.update("obs_mse", obs_error, domain, self.obs_dims)
+        reward = wm.twohot.mean(wm.reward_logits(features[:, 1:]))
+        metrics.update("reward_mse", ((reward - batch["reward"]) ** 2).mean(1), domain, self.obs_dims)
+        horizon = self.hparams.open_loop_horizon
+        burn_in = batch["action"].shape[1] - horizon
+        if burn_in >= 0:
+            predicted = wm.open_loop(batch, burn_in, horizon)
+            error = (predicted - batch["obs"][:, burn_in + 1 :]) ** 2
+            metrics.update("open_loop_mse", error, domain, self.obs_dims)
+        return terms["total"]
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._evaluate(batch, "val")
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["obs"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.metrics["val"].compute("val"))
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        split = TEST_SPLITS[dataloader_idx]
+        loss = self._evaluate(batch, split)
+        self.log(f"{split}/loss", loss, sync_dist=True, add_dataloader_idx=False, batch_size=batch["obs"].shape[0])
+
+    def on_test_epoch_end(self) -> None:
+        for split in TEST_SPLITS:
+            self.log_dict(self.metrics[split].compute(split))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["mrcom_version"] = 1
+
+    @property
+    def log_every(self) -> int:
+        return max(1, int(math.sqrt(self.trainer.max_steps))) if self.trainer.max_steps > 0 else 50
