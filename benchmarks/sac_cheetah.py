@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mrcom_lightning.agents import SACConfig, train_sac
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
@@ -24,7 +25,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations")
-    parser.add_argument("--warmup-steps", type=int, default=SACConfig.warmup_steps, help="random steps first")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=SACConfig.warmup_steps, help="random-action steps first"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
@@ -35,7 +38,8 @@ def main() -> None:
 
     def make_env_fn(index: int):
         # A distinct initial-state seed per (run seed, episode).
-        return make_env(spec, seed=int(np.random.SeedSequence([args.seed, index]).generate_state(1)[0]))
+        env_seed = np.random.SeedSequence([args.seed, index]).generate_state(1)[0]
+        return make_env(spec, seed=int(env_seed))
 
     config = SACConfig(warmup_steps=args.warmup_steps)
     eval_times: list[tuple[int, float]] = []
@@ -43,7 +47,8 @@ def main() -> None:
 
     def on_eval(step: int, mean_return: float, agent) -> None:
         eval_times.append((step, time.perf_counter() - start))
-        print(f"step {step:>7d}  eval return {mean_return:7.1f}  elapsed {eval_times[-1][1]:7.1f}s", flush=True)
+        elapsed = eval_times[-1][1]
+        tqdm.write(f"step {step:>7d}  eval return {mean_return:7.1f}  elapsed {elapsed:7.1f}s")
 
     result = train_sac(
         make_env_fn,
@@ -57,9 +62,11 @@ def main() -> None:
         device=args.device,
     )
     print(f"spec: {spec}")
-    print(f"steps: {args.steps}  warmup: {config.warmup_steps}  seed: {args.seed}  threads: {args.threads}")
+    print(f"steps: {args.steps}  warmup: {config.warmup_steps}  seed: {args.seed}  "
+          f"threads: {args.threads}")
     print(f"evaluations: {list(zip(result.eval_steps, np.round(result.eval_returns, 1).tolist()))}")
-    print(f"elapsed: {result.seconds:.1f}s  ({1000 * result.seconds / args.steps:.2f} s per 1k steps, evaluation included)")
+    per_1k = 1000 * result.seconds / args.steps
+    print(f"elapsed: {result.seconds:.1f}s  ({per_1k:.2f} s per 1k steps, evaluation included)")
     print(f"sac_cheetah_return={result.final_return:.2f}")
 
 

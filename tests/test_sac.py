@@ -35,7 +35,7 @@ class PointEnv:
         return rng.uniform(-1, 1, 1).astype(np.float32)
 
 
-def random_batch(seed: int, n: int = 64, obs_dim: int = 5, act_dim: int = 2) -> dict[str, torch.Tensor]:
+def random_batch(seed: int, n: int = 64, obs_dim: int = 5, act_dim: int = 2) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {
         "obs": torch.randn(n, obs_dim, generator=g),
@@ -49,7 +49,8 @@ def random_batch(seed: int, n: int = 64, obs_dim: int = 5, act_dim: int = 2) -> 
 def fill(buffer: ReplayBuffer, n: int, start: int = 0) -> None:
     """Adds `n` single transitions whose every field encodes their number."""
     for i in range(start, start + n):
-        buffer.add(np.full(buffer.obs_dim, i), np.full(buffer.act_dim, -i), i, np.full(buffer.obs_dim, i + 1), 0)
+        obs, next_obs = np.full(buffer.obs_dim, i), np.full(buffer.obs_dim, i + 1)
+        buffer.add(obs, np.full(buffer.act_dim, -i), i, next_obs, 0)
 
 
 def test_critic_loss_falls_on_a_fixed_batch():
@@ -81,7 +82,8 @@ def test_policy_learns_a_tiny_task():
     )
     assert result.eval_steps == [200, 400, 600] and [s for s, _ in seen] == result.eval_steps
     baseline = max(untrained, np.mean(random_returns))  # both about -8 to -15
-    assert result.final_return > baseline + 4 and result.final_return > -3, (baseline, result.eval_returns)
+    assert result.final_return > baseline + 4, (baseline, result.eval_returns)
+    assert result.final_return > -3, result.eval_returns
     assert len(result.episode_returns) == 30 and len(result.replay) == 600
 
 
@@ -99,7 +101,9 @@ def test_same_seed_same_actions_and_losses():
     assert losses_a == losses_b
     assert actions_a[0].shape == (4, 2) and actions_a[1].shape == (2,)
     assert np.abs(actions_a[0]).max() <= 1.0
-    assert set(losses_a[0]) == {"critic_loss", "actor_loss", "temperature_loss", "temperature", "q_mean", "entropy"}
+    assert set(losses_a[0]) == {
+        "critic_loss", "actor_loss", "temperature_loss", "temperature", "q_mean", "entropy"
+    }
     actions_c, _ = run(8)
     assert not np.array_equal(actions_a[0], actions_c[0])
 
@@ -112,7 +116,9 @@ def test_checkpoint_restores_agent_and_optimizers():
     restored = SAC.from_checkpoint(snapshot)
     assert restored.update(random_batch(1)) == expected
     obs = np.ones(5, np.float32)
-    np.testing.assert_array_equal(restored.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    np.testing.assert_array_equal(
+        restored.act(obs, deterministic=True), agent.act(obs, deterministic=True)
+    )
 
 
 def test_replay_ring_wraps_and_round_trips():
@@ -122,8 +128,9 @@ def test_replay_ring_wraps_and_round_trips():
     order = buffer.chronological()
     np.testing.assert_array_equal(buffer.arrays["reward"][order], [2, 3, 4, 5, 6])
     # A batch add that itself wraps around the end of the ring.
-    n = np.arange(7, 11)
-    buffer.add(np.repeat(n[:, None], 3, 1), np.repeat(-n[:, None], 2, 1), n, np.repeat(n[:, None] + 1, 3, 1), np.zeros(4))
+    n = np.arange(7, 11)[:, None]
+    obs, action, next_obs = np.repeat(n, 3, 1), np.repeat(-n, 2, 1), np.repeat(n + 1, 3, 1)
+    buffer.add(obs, action, n[:, 0], next_obs, np.zeros(4))
     np.testing.assert_array_equal(buffer.arrays["reward"][buffer.chronological()], [6, 7, 8, 9, 10])
     np.testing.assert_array_equal(buffer.arrays["obs"][buffer.chronological(), 0], [6, 7, 8, 9, 10])
 
@@ -132,7 +139,8 @@ def test_replay_ring_wraps_and_round_trips():
     for key in buffer.arrays:
         np.testing.assert_array_equal(copy.arrays[key], buffer.arrays[key])
     a, b = buffer.sample(8, np.random.default_rng(0)), copy.sample(8, np.random.default_rng(0))
-    assert set(a) == {"obs", "action", "reward", "next_obs", "done"} and a["obs"].dtype == torch.float32
+    assert set(a) == {"obs", "action", "reward", "next_obs", "done"}
+    assert a["obs"].dtype == torch.float32
     for key in a:
         torch.testing.assert_close(a[key], b[key])
     np.testing.assert_array_equal(a["reward"].numpy(), a["obs"][:, 0].numpy())  # rows stay aligned
@@ -144,7 +152,8 @@ def test_replay_recovers_whole_episodes():
     buffer = ReplayBuffer(1, 1, capacity=100)
     for episode, length, finished in [(0, 3, True), (1, 4, True), (2, 2, False)]:
         for t in range(length):
-            buffer.add([t], [0.5], 1.0, [t + 1], False, episode_end=finished and t == length - 1, episode=episode)
+            end = finished and t == length - 1
+            buffer.add([t], [0.5], 1.0, [t + 1], False, episode_end=end, episode=episode)
     episodes = list(buffer.episodes())
     assert [e["episode"] for e in episodes] == [0, 1]
     np.testing.assert_array_equal(episodes[1]["obs"][:, 0], [0, 1, 2, 3, 4])
@@ -172,9 +181,10 @@ def test_train_sac_runs_on_a_scenario():
 
     spec = ScenarioSpec("cheetah", target_speed=0.5)
     seen = []
+    config = SACConfig(**(SMALL | dict(batch_size=16, warmup_steps=30)))
     result = train_sac(
-        lambda i: make_env(spec, seed=i, episode_steps=20), 50, SACConfig(**(SMALL | dict(batch_size=16, warmup_steps=30))),
-        seed=0, eval_every=25, eval_episodes=1, on_eval=lambda *args: seen.append(args), progress=False,
+        lambda i: make_env(spec, seed=i, episode_steps=20), 50, config, seed=0,
+        eval_every=25, eval_episodes=1, on_eval=lambda *args: seen.append(args), progress=False,
     )
     assert [s for s, _, _ in seen] == [25, 50] and len(result.eval_returns) == 2
     episodes = list(result.replay.episodes())

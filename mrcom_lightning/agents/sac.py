@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -58,11 +59,11 @@ class SACConfig:
             if not ok:
                 raise ValueError(f"sac.{name} must be {want}, got {getattr(self, name)!r}")
 
-        for name in ("hidden_dim", "hidden_layers", "batch_size", "updates_per_step", "buffer_size"):
-            value = getattr(self, name)
-            check(name, isinstance(value, (int, np.integer)) and value >= 1, "an integer >= 1")
-        warmup = self.warmup_steps
-        check("warmup_steps", isinstance(warmup, (int, np.integer)) and warmup >= 0, "an integer >= 0")
+        counts = ("hidden_dim", "hidden_layers", "batch_size", "updates_per_step", "buffer_size")
+        for name in counts + ("warmup_steps",):
+            value, least = getattr(self, name), 0 if name == "warmup_steps" else 1
+            is_int = isinstance(value, (int, np.integer))
+            check(name, is_int and value >= least, f"an integer >= {least}")
         check("discount", 0.0 < self.discount <= 1.0, "in (0, 1]")
         check("tau", 0.0 < self.tau <= 1.0, "in (0, 1]")
         for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
@@ -82,7 +83,10 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Se
 
 
 class Actor(nn.Module):
-    """The policy pi(a | s): a Gaussian squashed by tanh into [-1, 1] (Haarnoja et al. 2018, App. C)."""
+    """The policy pi(a | s): a Gaussian squashed by tanh into [-1, 1] (Haarnoja et al. 2018, App C).
+
+    The log standard deviation is soft-clamped to [LOG_STD_MIN, LOG_STD_MAX].
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, hidden_layers: int = 2):
         super().__init__()
@@ -102,8 +106,7 @@ class Actor(nn.Module):
         if deterministic:
             pre_tanh = mean
         else:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            pre_tanh = mean + std * noise
+            pre_tanh = mean + std * torch.empty_like(mean).normal_(generator=generator)
         gaussian_log_prob = (
             -0.5 * ((pre_tanh - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
         ).sum(-1)
@@ -170,12 +173,13 @@ class SAC(nn.Module):
             self.critic = Critic(obs_dim, act_dim, cfg.hidden_dim, cfg.hidden_layers)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
-        super().to(self.device)
+        self.to(self.device)
 
         # The fused kernel is ~15% faster per update than the default on CPU (small networks).
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), cfg.actor_lr, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), cfg.critic_lr, fused=True)
-        self.temperature_optimizer = torch.optim.Adam([self.log_temperature], cfg.temperature_lr, fused=True)
+        adam = functools.partial(torch.optim.Adam, fused=True)
+        self.actor_optimizer = adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), cfg.critic_lr)
+        self.temperature_optimizer = adam([self.log_temperature], cfg.temperature_lr)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -214,7 +218,7 @@ class SAC(nn.Module):
         q = torch.min(*self.critic(obs, action))
         actor_loss = (self.temperature.detach() * log_prob - q).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
-        # Only the actor's gradients are needed; the critic's are skipped, not computed and discarded.
+        # Only the actor's gradients are needed: the critic's are skipped, not computed and dropped.
         actor_loss.backward(inputs=list(self.actor.parameters()))
         self.actor_optimizer.step()
 

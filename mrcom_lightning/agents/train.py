@@ -44,7 +44,7 @@ class TrainResult:
     agent: SAC
     """The agent after the last update."""
     replay: ReplayBuffer
-    """All training transitions in order, with episode ids = factory indices (`replay.episodes()`)."""
+    """Every training transition in order; episode ids are factory indices (see `episodes()`)."""
     eval_steps: list[int]
     """Environment steps at which the agent was evaluated."""
     eval_returns: list[float]
@@ -60,8 +60,10 @@ class TrainResult:
         return self.eval_returns[-1]
 
 
-def evaluate(agent: SAC, make_env_fn: Callable[[int], Env], episodes: int, seed: int = EVAL_SEED) -> list[float]:
-    """Returns of `episodes` deterministic episodes (tanh of the policy mean) on `make_env_fn(seed + j)`."""
+def evaluate(
+    agent: SAC, make_env_fn: Callable[[int], Env], episodes: int, seed: int = EVAL_SEED
+) -> list[float]:
+    """Deterministic (tanh of the mean) episode returns on `make_env_fn(seed + j)`, j < episodes."""
     returns = []
     for j in range(episodes):
         env = make_env_fn(seed + j)
@@ -98,7 +100,9 @@ def train_sac(
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
     if eval_every < 0 or eval_episodes < 1:
-        raise ValueError(f"need eval_every >= 0 and eval_episodes >= 1, got {eval_every!r}, {eval_episodes!r}")
+        raise ValueError(
+            f"need eval_every >= 0 and eval_episodes >= 1, got {eval_every!r} and {eval_episodes!r}"
+        )
     config = config or SACConfig()
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -133,8 +137,15 @@ def train_sac(
             postfix["return"] = f"{episode_return:.1f}"
             bar.set_postfix(postfix, refresh=False)
             episode += 1
-            env = make_env_fn(episode)
-            obs, episode_return = env.reset(), 0.0
+            if step < total_steps:
+                env = make_env_fn(episode)
+                sizes = (env.obs_dim, env.act_dim)
+                if sizes != (agent.obs_dim, agent.act_dim):
+                    raise ValueError(
+                        f"make_env_fn({episode}) has (obs_dim, act_dim) = {sizes}, episode 0 had "
+                        f"{(agent.obs_dim, agent.act_dim)}: use one domain per run"
+                    )
+                obs, episode_return = env.reset(), 0.0
 
         if (eval_every and step % eval_every == 0) or step == total_steps:
             mean_return = float(np.mean(evaluate(agent, make_env_fn, eval_episodes, eval_seed)))

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mrcom_lightning.agents import SAC, SACConfig
-from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore
+from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
 from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioSpec, make_env
 
 MANIFEST = "dataset.json"
@@ -84,12 +84,12 @@ def episode_seed(dataset_seed: int, spec: ScenarioSpec, policy: str, index: int)
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-_AGENTS: dict[str, SAC] = {}
+_AGENTS: dict[str, SAC] = {}  # per worker process: each behaviour agent is loaded once
 
 
 def _load_agent(path: str) -> SAC:
     if path not in _AGENTS:
-        _AGENTS[path] = torch.load(path, weights_only=False)
+        _AGENTS[path] = SAC.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
     return _AGENTS[path]
 
 
@@ -106,14 +106,14 @@ def run_episode(env, policy, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return np.stack(observations), np.stack(actions), np.asarray(rewards, dtype=np.float32)
 
 
-def _collect_one(job: _Job) -> str:
-    store_root, job = job
+def _collect_one(item: tuple[str, _Job]) -> str:
+    store_root, job = item
     env = make_env(job.spec, seed=job.seed, episode_steps=job.episode_steps)
     rng = np.random.default_rng(job.seed)
     policy = None
     if job.agent_path is not None:
         agent = _load_agent(job.agent_path)
-        agent.reseed(job.seed)
+        agent.generator.manual_seed(job.seed)
         policy = lambda obs: agent.act(obs, deterministic=False)  # noqa: E731
     obs, action, reward = run_episode(env, policy, rng)
     episode = Episode(obs, action, reward, np.zeros(len(reward), bool), job.spec, job.policy, job.seed)
@@ -136,8 +136,12 @@ def _check_manifest(config: DatasetConfig) -> None:
                 "choose another data.root or delete the directory"
             )
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": wanted, "complete": False}, indent=1))
+    _write_manifest(config, complete=False)
+
+
+def _write_manifest(config: DatasetConfig, complete: bool) -> None:
+    payload = json.dumps({"config": config.to_dict(), "complete": complete}, indent=1).encode()
+    atomic_write(Path(config.root) / MANIFEST, lambda f: f.write(payload))
 
 
 def is_complete(root: str | Path) -> bool:
@@ -188,6 +192,5 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
             for _ in pool.map(_collect_one, [(config.root, job) for job in jobs], chunksize=1):
                 bar.update()
     bar.close()
-    manifest = Path(config.root) / MANIFEST
-    manifest.write_text(json.dumps({"config": config.to_dict(), "complete": True}, indent=1))
+    _write_manifest(config, complete=True)
     return Path(config.root)

@@ -78,7 +78,7 @@ class EpisodeInfo:
     steps: int
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
@@ -103,7 +103,7 @@ class EpisodeStore:
         path = self.root / spec.id / "spec.json"
         if not path.exists():
             payload = json.dumps(spec.to_dict(), indent=1, sort_keys=True).encode()
-            _atomic_write(path, lambda f: f.write(payload))
+            atomic_write(path, lambda f: f.write(payload))
 
     def episode_path(self, spec: ScenarioSpec, policy: str, index: int, steps: int) -> Path:
         return self.root / spec.id / policy / f"ep-{index:06d}-T{steps}.npz"
@@ -122,7 +122,7 @@ class EpisodeStore:
             terminal=episode.terminal.astype(bool),
             meta=np.array(meta),
         )
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 
     def clean(self) -> int:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes 2^(-8h/H) (Press et al. 2022): a recency bias that needs no positions."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)])
 
 
 class ContextTransformer(nn.Module):
@@ -11,22 +18,25 @@ class ContextTransformer(nn.Module):
 
     The window is first in, first out: at t = 0 it holds the whole prompt (L expert
     transitions of the same scenario); each real transition then replaces the oldest one.
-    Each window, plus a learned query token at its end, passes through a transformer encoder
-    with learned positions by recency; the query's output is c_t.
+    One pass of a transformer over the sequence [prompt; history] with sliding-window
+    attention (each position attends to itself and the L − 1 before it, with ALiBi's
+    recency bias) gives, at the position of the newest transition before t, the context c_t.
 
-    With `use_prompt=False` (the CaDM-style baseline) the prompt slots are masked, so c_t
-    sees only the last L transitions of the history itself.
+    With `use_prompt=False` (the CaDM-style baseline) every prompt slot holds the same
+    learned "no prompt" token, so c_t knows only the last transitions of the history itself.
     """
 
     def __init__(self, embed_dim: int, window: int, heads: int = 4, layers: int = 1, use_prompt: bool = True):
         super().__init__()
         if embed_dim % heads:
-            raise ValueError(f"model.embed_dim ({embed_dim}) must be divisible by model.heads ({heads})")
+            raise ValueError(f"model.world_model.embed_dim ({embed_dim}) must be divisible by heads ({heads})")
         self.window = window
+        self.heads = heads
         self.use_prompt = use_prompt
         self.token = nn.Linear(2 * embed_dim + 1, embed_dim)
-        self.query = nn.Parameter(torch.zeros(embed_dim))
-        self.position = nn.Parameter(torch.randn(window + 1, embed_dim) * 0.02)
+        if not use_prompt:
+            self.no_prompt = nn.Parameter(torch.randn(embed_dim) / math.sqrt(embed_dim))
+        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
         layer = nn.TransformerEncoderLayer(
             embed_dim, heads, dim_feedforward=2 * embed_dim, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -37,22 +47,24 @@ class ContextTransformer(nn.Module):
         """One token per transition (e_t, a_t, r_t): [B, N, D]."""
         return self.token(torch.cat([obs_embed, action_embed, reward.unsqueeze(-1)], dim=-1))
 
-    def forward(self, prompt: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def attention_bias(self, length: int, batch: int, device) -> torch.Tensor:
+        """[B·heads, S, S]: −slope·(i − j) inside the window j ∈ (i − L, i], −inf elsewhere."""
+        position = torch.arange(length, device=device)
+        distance = (position[:, None] - position[None, :]).float()
+        inside = (distance >= 0) & (distance < self.window)
+        bias = -self.slopes.to(device)[:, None, None] * distance
+        bias = bias.masked_fill(~inside, float("-inf"))
+        return bias.repeat(batch, 1, 1)
+
+    def forward(self, prompt: torch.Tensor | None, history: torch.Tensor) -> torch.Tensor:
         """c_0..c_N from prompt tokens [B, L, D] and history tokens [B, N, D]: [B, N+1, D]."""
-        batch, length, dim = prompt.shape
-        if length != self.window:
-            raise ValueError(f"prompt has {length} transitions, the context window expects {self.window}")
+        batch, steps, dim = history.shape
+        if not self.use_prompt or prompt is None:
+            prompt = (self.no_prompt if not self.use_prompt else history.new_zeros(dim)).expand(batch, self.window, dim)
+        if prompt.shape[1] != self.window:
+            raise ValueError(f"prompt has {prompt.shape[1]} transitions, the context window expects {self.window}")
         sequence = torch.cat([prompt, history], dim=1)  # [B, L+N, D]
-        steps = history.shape[1] + 1
-        windows = sequence.unfold(1, length, 1).permute(0, 1, 3, 2)  # [B, N+1, L, D]; window t ends at x_{t-1}
-        query = self.query.expand(batch, steps, 1, dim)
-        windows = torch.cat([windows, query], dim=2) + self.position
-        windows = windows.reshape(batch * steps, length + 1, dim)
-        padding = None
-        if not self.use_prompt:
-            # Slot j of window t holds sequence position t + j; positions < L are prompt.
-            position = torch.arange(steps, device=prompt.device)[:, None] + torch.arange(length + 1, device=prompt.device)
-            padding = (position < length) & (torch.arange(length + 1, device=prompt.device) < length)
-            padding = padding.unsqueeze(0).expand(batch, steps, length + 1).reshape(batch * steps, length + 1)
-        out = self.encoder(windows, src_key_padding_mask=padding)[:, -1]
-        return self.norm(out).reshape(batch, steps, dim)
+        mask = self.attention_bias(sequence.shape[1], batch, sequence.device)
+        out = self.encoder(sequence, mask=mask)
+        # Position L−1+t holds the newest transition before t: its window is the FIFO window of c_t.
+        return self.norm(out[:, self.window - 1 :])

@@ -1,0 +1,189 @@
+"""The multi-scenario datamodule: windows with prompts across domains (DESIGN.md §3, §4).
+
+The batch is the contract with the model. Domains are mixed in one batch, observations and
+actions zero-padded to the largest sizes, with masks on the real dims (TD-MPC2's mechanism).
+With B rows, T = `sequence_length`, L = `prompt_length`, O_max and A_max the largest
+observed-observation and action sizes of the configured domains, a batch is a dict of tensors:
+
+    obs            [B, T+1, O_max] float32  o_s .. o_{s+T} of one episode window
+    action         [B, T, A_max]   float32  a_s .. a_{s+T-1}
+    reward         [B, T]          float32  r_s .. r_{s+T-1}
+    terminal       [B, T]          bool
+    obs_mask       [B, O_max]      float32  1 on the row's real observation dims, 0 on padding
+    action_mask    [B, A_max]      float32  1 on the row's real action dims, 0 on padding
+    domain         [B]             int64    index into `datamodule.domains` (sorted names)
+    scenario       [B]             int64    index into `datamodule.train_scenarios`; -1 for val/test
+    prompt_obs     [B, L, O_max]   float32  L consecutive transitions (o_t, a_t, r_t) of an
+    prompt_action  [B, L, A_max]   float32  episode of the row's own scenario, by the best policy
+    prompt_reward  [B, L]          float32  the dataset has for it (POLICIES order), random start
+
+Padded dims are exactly zero in `obs`, `action`, `prompt_obs` and `prompt_action`. A window
+starts at s uniform in [0, steps - T].
+
+Training draws an infinite stream (`streams.TrainStream`): each batch has B // n_domains rows
+of every domain (the remainder rotates through the domains), scenarios uniform within a
+domain, then episodes, then starts; every (rank, worker) pair draws its own seeded stream, and
+the loader's position is saved in checkpoints. Validation and test iterate fixed,
+non-overlapping windows of every episode of their scenarios, each with a seeded prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mrcom_lightning.data.collect import DatasetConfig, collect, is_complete
+from mrcom_lightning.scenarios import DOMAINS, SPLITS, ScenarioSpec, observed_dim
+
+from datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
+
+Behaviour = Literal["expert", "medium", "mix", "random"]
+_STAGE_SPLITS = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test_id", "test_ood"),
+    "predict": ("test_id",),
+}
+
+
+class MultiScenarioDataModule(L.LightningDataModule):
+    """Windows of behaviour episodes from every scenario of a meta-scenario set, each with a prompt.
+
+    Args:
+        dataset: the behaviour dataset (collected by `prepare_data` when missing or incomplete).
+        behaviour: train only on this policy's episodes; null trains on every policy the dataset
+            has. Validation and test always use every policy, so runs are scored on the same windows.
+        sequence_length: transitions per training window (T).
+        prompt_length: transitions per prompt (L), cut from the scenario's best available policy.
+        batch_size: windows per batch, on every device.
+        num_workers: DataLoader worker processes per device (0 loads in the main process).
+        collect_workers: processes that collect missing episodes in `prepare_data`.
+        seed: seeds the training stream and the prompts of validation and test windows.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetConfig = DatasetConfig(),
+        behaviour: Optional[Behaviour] = None,
+        sequence_length: int = 64,
+        prompt_length: int = 20,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        collect_workers: int = 1,
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, value, low in (
+            ("sequence_length", sequence_length, 1),
+            ("prompt_length", prompt_length, 0),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("collect_workers", collect_workers, 1),
+        ):
+            if value < low:
+                raise ValueError(f"data.{name} must be {'> 0' if low else '>= 0'}, got {value!r}")
+        if behaviour is not None and behaviour not in dataset.policies:
+            raise ValueError(
+                f"data.behaviour must be null or one of the dataset's policies {list(dataset.policies)} "
+                f"(data.dataset.behaviour={dataset.behaviour!r}), got {behaviour!r}"
+            )
+        self.save_hyperparameters()
+        self._train_scenarios = dataset.scenarios.draw("train")
+        self._episodes: dict[str, SplitEpisodes] = {}
+
+    # --- what the model is built from (no data needed) ------------------------------------
+    @property
+    def domains(self) -> list[str]:
+        """The configured domains, sorted; a domain's id is its position here."""
+        return sorted(self.hparams.dataset.scenarios.domains)
+
+    @property
+    def domain_dims(self) -> dict[str, tuple[int, int]]:
+        """Domain -> (observed observation size, including the obs_fn, action size), in domain-id order."""
+        obs_fn = self.hparams.dataset.scenarios.obs_fn
+        return {d: (observed_dim(obs_fn, DOMAINS[d].obs_dim), DOMAINS[d].act_dim) for d in self.domains}
+
+    @property
+    def train_scenarios(self) -> list[ScenarioSpec]:
+        """The training scenarios; a scenario's id is its position here."""
+        return list(self._train_scenarios)
+
+    @property
+    def num_scenarios(self) -> int:
+        return len(self._train_scenarios)
+
+    # --- Lightning hooks -----------------------------------------------------------------
+    def prepare_data(self) -> None:
+        dataset = self.hparams.dataset
+        if not is_complete(dataset.root):
+            collect(dataset, workers=self.hparams.collect_workers)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        splits = _STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS
+        for split in splits:
+            self.episodes(split)
+
+    def episodes(self, split: str) -> SplitEpisodes:
+        """The episodes of `split` in memory (read on first use)."""
+        if split not in self._episodes:
+            self._episodes[split] = self._load(split)
+        return self._episodes[split]
+
+    def _load(self, split: str) -> SplitEpisodes:
+        hp = self.hparams
+        specs = hp.dataset.scenarios.draw(split)
+        if split == "train" and not specs:
+            raise ValueError("data.dataset.scenarios.num_train must be > 0 to train, got 0")
+        return SplitEpisodes.load(
+            root=hp.dataset.root,
+            split=split,
+            specs=specs,
+            labels=list(range(len(specs))) if split == "train" else [-1] * len(specs),
+            domains=self.domains,
+            domain_dims=list(self.domain_dims.values()),
+            window_policy=hp.behaviour if split == "train" else None,
+            sequence_length=hp.sequence_length,
+            prompt_length=hp.prompt_length,
+        )
+
+    def train_stream(self, rank: int = 0, world_size: int = 1) -> TrainStream:
+        """The training stream of one rank (the loader's dataset)."""
+        hp = self.hparams
+        return TrainStream(
+            self.episodes("train"), hp.batch_size, hp.sequence_length, hp.prompt_length, hp.seed, rank, world_size
+        )
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return ResumableDataLoader(self.train_stream(rank, world_size), **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader("test_id"), self._eval_loader("test_ood")]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test_id")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        hp = self.hparams
+        windows = WindowSet(
+            self.episodes(split), hp.sequence_length, hp.prompt_length, seed=[hp.seed, SPLITS.index(split)]
+        )
+        return DataLoader(
+            windows, batch_size=hp.batch_size, shuffle=False, collate_fn=windows.collate, **self._loader_kwargs()
+        )
+
+    def _loader_kwargs(self) -> dict:
+        workers = self.hparams.num_workers
+        return dict(
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=init_worker if workers > 0 else None,
+        )

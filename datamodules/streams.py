@@ -1,0 +1,346 @@
+"""Episodes in memory and the streams of windows drawn from them (DESIGN.md §3).
+
+`SplitEpisodes` holds one split's episodes, zero-padded to the largest domain sizes, and
+turns rows `(scenario, episode, start, prompt episode, prompt start)` into batches in the
+format documented in `datamodules.multi_scenario`. `TrainStream` draws such rows forever,
+domain-balanced and seeded per (rank, worker, batch); `ResumableDataLoader` counts what it
+hands out so a resumed run continues the stream. `WindowSet` is the finite, fixed set of
+windows that validation and test iterate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from mrcom_lightning.data import POLICIES, EpisodeInfo, EpisodeStore
+from mrcom_lightning.scenarios import ScenarioSpec
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker init: one thread per worker, so workers do not fight over cores."""
+    torch.set_num_threads(1)
+
+
+@dataclasses.dataclass
+class SplitEpisodes:
+    """The episodes of one split in memory, zero-padded to the largest observation and action sizes.
+
+    Attributes:
+        domain_dims: (observed obs dim, act dim) per domain id.
+        obs, action, reward, terminal: per episode, `[steps+1, O_max]`, `[steps, A_max]`, `[steps]`, `[steps]`.
+        scenario_domain: domain id of every scenario of the split `[S]`.
+        scenario_label: the id written to `batch["scenario"]` (train index, or -1) `[S]`.
+        windows: per scenario, the episodes that windows are cut from (at least T steps).
+        prompts: per scenario, the best policy's episodes (at least L steps) that prompts are cut from.
+        domain_scenarios: per domain id, the scenarios of that domain.
+    """
+
+    domain_dims: list[tuple[int, int]]
+    obs: list[np.ndarray]
+    action: list[np.ndarray]
+    reward: list[np.ndarray]
+    terminal: list[np.ndarray]
+    scenario_domain: np.ndarray
+    scenario_label: np.ndarray
+    windows: list[np.ndarray]
+    prompts: list[np.ndarray]
+    domain_scenarios: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.obs_max = max(o for o, _ in self.domain_dims)
+        self.act_max = max(a for _, a in self.domain_dims)
+        self.obs_mask = np.zeros((len(self.domain_dims), self.obs_max), np.float32)
+        self.action_mask = np.zeros((len(self.domain_dims), self.act_max), np.float32)
+        for d, (o, a) in enumerate(self.domain_dims):
+            self.obs_mask[d, :o] = 1.0
+            self.action_mask[d, :a] = 1.0
+        self.steps = np.array([len(r) for r in self.reward], np.int64)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | Path,
+        split: str,
+        specs: Sequence[ScenarioSpec],
+        labels: Sequence[int],
+        domains: Sequence[str],
+        domain_dims: Sequence[tuple[int, int]],
+        window_policy: Optional[str],
+        sequence_length: int,
+        prompt_length: int,
+    ) -> "SplitEpisodes":
+        """Reads the episodes of `specs` from `root`; raises ValueError on missing or too-short data."""
+        root = Path(root)
+        store = EpisodeStore(root)
+        indexed = [store.index(spec.id) for spec in specs]
+        window_infos = [[i for i in infos if window_policy in (None, i.policy)] for infos in indexed]
+        what = "episodes" if window_policy is None else f"{window_policy!r} episodes"
+
+        for domain in domains:
+            ks = [k for k, spec in enumerate(specs) if spec.domain == domain]
+            if not ks:
+                continue
+            found = [i for k in ks for i in window_infos[k]]
+            if not found:
+                raise ValueError(
+                    f"no {what} of domain {domain!r} ({split} split, {len(ks)} scenarios) in {root}; "
+                    "collect them with `mrcom collect` or point data.dataset.root at a dataset that has them"
+                )
+            longest = max(i.steps for i in found)
+            if longest < sequence_length:
+                raise ValueError(
+                    f"data.sequence_length={sequence_length} is longer than every episode of domain {domain!r} "
+                    f"({split} split, longest: {longest} steps, in {root}); lower data.sequence_length"
+                )
+
+        needed: dict[Path, int] = {}
+        windows, prompts = [], []
+        for spec, infos, candidates in zip(specs, indexed, window_infos):
+            if not candidates:
+                raise ValueError(
+                    f"scenario {spec} has no {what} in {root / spec.id}; the dataset was collected for "
+                    "other scenarios or is incomplete: re-run `mrcom collect` or choose another data.dataset.root"
+                )
+            usable = [i for i in candidates if i.steps >= sequence_length]
+            if not usable:
+                raise ValueError(
+                    f"data.sequence_length={sequence_length} is longer than every episode of scenario {spec} "
+                    f"(longest: {max(i.steps for i in candidates)} steps, in {root / spec.id})"
+                )
+            best = next(p for p in POLICIES if any(i.policy == p for i in infos))
+            best_infos = [i for i in infos if i.policy == best]
+            prompt_infos = [i for i in best_infos if i.steps >= prompt_length]
+            if not prompt_infos:
+                raise ValueError(
+                    f"data.prompt_length={prompt_length} is longer than every {best!r} episode of scenario "
+                    f"{spec} (longest: {max(i.steps for i in best_infos)} steps, in {root / spec.id})"
+                )
+            windows.append(_ids(usable, needed))
+            prompts.append(_ids(prompt_infos, needed))
+
+        obs_max = max(o for o, _ in domain_dims)
+        act_max = max(a for _, a in domain_dims)
+        arrays: dict[str, list[np.ndarray]] = {"obs": [], "action": [], "reward": [], "terminal": []}
+        for path in needed:  # insertion order = episode id
+            episode = store.read(path)
+            o, a = domain_dims[list(domains).index(episode.spec.domain)]
+            if episode.obs.shape[1] != o or episode.action.shape[1] != a:
+                raise ValueError(
+                    f"episode {path} has obs dim {episode.obs.shape[1]} and act dim {episode.action.shape[1]}, "
+                    f"but domain {episode.spec.domain!r} with obs_fn {episode.spec.obs_fn!r} has ({o}, {a})"
+                )
+            arrays["obs"].append(_pad(episode.obs, obs_max, np.float32))
+            arrays["action"].append(_pad(episode.action, act_max, np.float32))
+            arrays["reward"].append(np.ascontiguousarray(episode.reward, np.float32))
+            arrays["terminal"].append(np.ascontiguousarray(episode.terminal, bool))
+
+        scenario_domain = np.array([list(domains).index(s.domain) for s in specs], np.int64)
+        return cls(
+            domain_dims=list(domain_dims),
+            scenario_domain=scenario_domain,
+            scenario_label=np.asarray(labels, np.int64),
+            windows=windows,
+            prompts=prompts,
+            domain_scenarios=[np.flatnonzero(scenario_domain == d) for d in range(len(domains))],
+            **arrays,
+        )
+
+    def batch(self, rows: np.ndarray, sequence_length: int, prompt_length: int) -> dict[str, torch.Tensor]:
+        """The batch of `rows [B, 5]`: scenario, episode, start, prompt episode, prompt start."""
+        B, T, L = len(rows), sequence_length, prompt_length
+        obs = np.zeros((B, T + 1, self.obs_max), np.float32)
+        action = np.zeros((B, T, self.act_max), np.float32)
+        reward = np.zeros((B, T), np.float32)
+        terminal = np.zeros((B, T), bool)
+        prompt_obs = np.zeros((B, L, self.obs_max), np.float32)
+        prompt_action = np.zeros((B, L, self.act_max), np.float32)
+        prompt_reward = np.zeros((B, L), np.float32)
+        for b, (_, e, s, p, q) in enumerate(rows.tolist()):
+            obs[b] = self.obs[e][s : s + T + 1]
+            action[b] = self.action[e][s : s + T]
+            reward[b] = self.reward[e][s : s + T]
+            terminal[b] = self.terminal[e][s : s + T]
+            prompt_obs[b] = self.obs[p][q : q + L]
+            prompt_action[b] = self.action[p][q : q + L]
+            prompt_reward[b] = self.reward[p][q : q + L]
+        domain = self.scenario_domain[rows[:, 0]]
+        out = dict(
+            obs=obs,
+            action=action,
+            reward=reward,
+            terminal=terminal,
+            obs_mask=self.obs_mask[domain],
+            action_mask=self.action_mask[domain],
+            domain=domain,
+            scenario=self.scenario_label[rows[:, 0]],
+            prompt_obs=prompt_obs,
+            prompt_action=prompt_action,
+            prompt_reward=prompt_reward,
+        )
+        return {key: torch.from_numpy(value) for key, value in out.items()}
+
+    def draw_rows(
+        self, rng: np.random.Generator, row_domains: np.ndarray, sequence_length: int, prompt_length: int
+    ) -> np.ndarray:
+        """Rows for the given domains: scenario uniform within the domain, then episode, then start."""
+        scenario = np.empty(len(row_domains), np.int64)
+        for d in np.unique(row_domains):
+            at = row_domains == d
+            pool = self.domain_scenarios[d]
+            scenario[at] = pool[rng.integers(0, len(pool), at.sum())]
+        episode = _pick(rng, [self.windows[k] for k in scenario])
+        start = rng.integers(0, self.steps[episode] - sequence_length + 1)
+        prompt = _pick(rng, [self.prompts[k] for k in scenario])
+        prompt_start = rng.integers(0, self.steps[prompt] - prompt_length + 1)
+        return np.stack([scenario, episode, start, prompt, prompt_start], 1)
+
+    def fixed_rows(self, rng: np.random.Generator, sequence_length: int, prompt_length: int) -> np.ndarray:
+        """Non-overlapping windows of every episode of every scenario, each with a seeded prompt."""
+        rows = []
+        for k, episodes in enumerate(self.windows):
+            for e in episodes.tolist():
+                for s in range(0, int(self.steps[e]) - sequence_length + 1, sequence_length):
+                    p = int(self.prompts[k][rng.integers(len(self.prompts[k]))])
+                    q = int(rng.integers(0, self.steps[p] - prompt_length + 1))
+                    rows.append((k, e, s, p, q))
+        return np.array(rows, np.int64).reshape(-1, 5)
+
+
+def _ids(infos: list[EpisodeInfo], needed: dict[Path, int]) -> np.ndarray:
+    return np.array([needed.setdefault(i.path, len(needed)) for i in infos], np.int64)
+
+
+def _pad(array: np.ndarray, width: int, dtype) -> np.ndarray:
+    out = np.zeros((len(array), width), dtype)
+    out[:, : array.shape[1]] = array
+    return out
+
+
+def _pick(rng: np.random.Generator, pools: list[np.ndarray]) -> np.ndarray:
+    index = rng.integers(0, [len(pool) for pool in pools])
+    return np.array([pool[i] for pool, i in zip(pools, index.tolist())], np.int64)
+
+
+class TrainStream(IterableDataset):
+    """The infinite, domain-balanced training stream of one rank.
+
+    Batch `i` of worker `w` on rank `r` is drawn from `np.random.default_rng([seed, r, w, i])`,
+    so the streams of all (rank, worker) pairs differ and any position is reached in O(1).
+    Every batch has `B // n_domains` rows of each domain; the `B % n_domains` remaining rows
+    rotate through the domains with the batch's position in the rank's stream. `start` is the
+    number of batches of this rank's stream already handed out; iteration continues from it.
+    """
+
+    def __init__(
+        self,
+        episodes: SplitEpisodes,
+        batch_size: int,
+        sequence_length: int,
+        prompt_length: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.episodes = episodes
+        self.batch_size = batch_size
+        self.sequence_length = sequence_length
+        self.prompt_length = prompt_length
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start = 0
+
+    def row_domains(self, position: int) -> np.ndarray:
+        """The domain of every row of the rank's batch number `position`."""
+        n = len(self.episodes.domain_scenarios)
+        base, extra = divmod(self.batch_size, n)
+        counts = np.full(n, base)
+        for k in range(extra):
+            counts[(position * extra + k) % n] += 1
+        return np.repeat(np.arange(n), counts)
+
+    def batch(self, worker: int, index: int, num_workers: int = 1) -> dict[str, torch.Tensor]:
+        """Batch number `index` of worker `worker` (of `num_workers`) on this rank."""
+        rng = np.random.default_rng([self.seed, self.rank, worker, index])
+        rows = self.episodes.draw_rows(
+            rng, self.row_domains(index * num_workers + worker), self.sequence_length, self.prompt_length
+        )
+        return self.episodes.batch(rows, self.sequence_length, self.prompt_length)
+
+    def __iter__(self):
+        info = get_worker_info()
+        num_workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
+        # DataLoader asks workers round-robin from worker 0: this worker serves global batches
+        # start + worker_id, start + worker_id + W, ..., which belong to worker (start + id) % W.
+        position = self.start + worker_id
+        worker, index = position % num_workers, position // num_workers
+        while True:
+            yield self.batch(worker, index, num_workers)
+            index += 1
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: whole batches from a `TrainStream`, with a resumable position.
+
+    `state_dict()` is `{"batches": n}`, the batches the main process has taken from this loader;
+    after `load_state_dict`, the next iteration continues the stream at batch `n` (each worker
+    jumps to its own continuation), so a resumed run sees no batch twice. Resume with the same
+    `num_workers`, world size and seed, or the stream is a different one.
+
+    Lightning 2.6 saves this state in checkpoints and restores it, but only when resuming a fit
+    (`ckpt_path=...`), and not when `configure_optimizers` reads
+    `trainer.estimated_stepping_batches`, which builds the loader before the restore (Lightning
+    issue 20550): the stream then restarts from batch 0. Lightning also fetches one batch ahead
+    of the training step, so the saved count includes that batch and the resumed run skips it.
+    """
+
+    def __init__(self, dataset: TrainStream, **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.batches_taken = 0
+        self._iterator_start: Optional[int] = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self.batches_taken}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.batches_taken = int(state_dict["batches"])
+
+    def __iter__(self):
+        if self._iterator is not None and self._iterator_start != self.batches_taken:
+            # Persistent workers hold a copy of the stream at its old start: start fresh ones.
+            self._iterator._shutdown_workers()
+            self._iterator = None
+        self.dataset.start = self._iterator_start = self.batches_taken
+        return self._count(super().__iter__())
+
+    def _count(self, iterator):
+        for batch in iterator:
+            self.batches_taken += 1
+            yield batch
+
+
+class WindowSet(Dataset):
+    """A fixed, finite set of windows (validation and test): item i is row i, `collate` builds the batch."""
+
+    def __init__(self, episodes: SplitEpisodes, sequence_length: int, prompt_length: int, seed: int):
+        self.episodes = episodes
+        self.sequence_length = sequence_length
+        self.prompt_length = prompt_length
+        self.rows = episodes.fixed_rows(np.random.default_rng(seed), sequence_length, prompt_length)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.rows[index]
+
+    def collate(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.episodes.batch(np.stack(rows), self.sequence_length, self.prompt_length)

@@ -1,0 +1,32 @@
+"""`mrcom collect`: the collection tool's command line, in jsonargparse style like the rest of `mrcom`."""
+
+from __future__ import annotations
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from mrcom_lightning.data.collect import DatasetConfig, collect
+
+
+def collect_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="mrcom collect",
+        description="Collect behaviour episodes for a meta-scenario set (resumable: re-run to finish).",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with the options below")
+    parser.add_class_arguments(DatasetConfig, "dataset", help="what to collect and where")
+    parser.add_argument("--workers", type=int, default=1, help="parallel collection processes")
+    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar")
+    return parser
+
+
+def collect_main(argv: list[str]) -> None:
+    parser = collect_parser()
+    config = parser.parse_args(argv)
+    if config.workers < 1:
+        parser.error(f"workers must be >= 1, got {config.workers}")
+    try:
+        dataset = parser.instantiate_classes(config).dataset
+    except ValueError as err:  # a value the types allow but the settings reject
+        parser.error(str(err))
+    root = collect(dataset, workers=config.workers, progress=config.progress)
+    print(f"dataset complete: {root}")
