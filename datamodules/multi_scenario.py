@@ -35,10 +35,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mrcom_lightning.agents import SACConfig
 from mrcom_lightning.data.collect import DatasetConfig, collect, is_complete
-from mrcom_lightning.scenarios import DOMAINS, SPLITS, ScenarioSpec, observed_dim
+from mrcom_lightning.scenarios import DOMAINS, SPLITS, MetaScenarioSet, ScenarioSpec, observed_dim
 
 from datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
+
+# Checkpoints carry these settings (`datamodule_hyper_parameters`); resuming a fit loads them
+# with torch's weights-only unpickler, which rebuilds only classes it was told are safe.
+torch.serialization.add_safe_globals([DatasetConfig, MetaScenarioSet, SACConfig])
 
 Behaviour = Literal["expert", "medium", "mix", "random"]
 _STAGE_SPLITS = {
@@ -52,12 +57,18 @@ _STAGE_SPLITS = {
 class MultiScenarioDataModule(L.LightningDataModule):
     """Windows of behaviour episodes from every scenario of a meta-scenario set, each with a prompt.
 
+    The training stream is infinite and split by (global rank, worker) here, since Lightning
+    gives an IterableDataset no DistributedSampler: train with `max_steps`, an integer
+    `val_check_interval` and `check_val_every_n_epoch=None`. Its position is saved in
+    checkpoints and restored on resume, with Lightning's caveats (see `ResumableDataLoader`).
+
     Args:
         dataset: the behaviour dataset (collected by `prepare_data` when missing or incomplete).
         behaviour: train only on this policy's episodes; null trains on every policy the dataset
             has. Validation and test always use every policy, so runs are scored on the same windows.
         sequence_length: transitions per training window (T).
-        prompt_length: transitions per prompt (L), cut from the scenario's best available policy.
+        prompt_length: transitions per prompt (L), cut from the scenario's best available policy;
+            0 gives empty prompts.
         batch_size: windows per batch, on every device.
         num_workers: DataLoader worker processes per device (0 loads in the main process).
         collect_workers: processes that collect missing episodes in `prepare_data`.
@@ -122,8 +133,7 @@ class MultiScenarioDataModule(L.LightningDataModule):
             collect(dataset, workers=self.hparams.collect_workers)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        splits = _STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS
-        for split in splits:
+        for split in _STAGE_SPLITS.get(stage, SPLITS):
             self.episodes(split)
 
     def episodes(self, split: str) -> SplitEpisodes:

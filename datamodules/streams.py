@@ -330,7 +330,7 @@ class ResumableDataLoader(DataLoader):
 class WindowSet(Dataset):
     """A fixed, finite set of windows (validation and test): item i is row i, `collate` builds the batch."""
 
-    def __init__(self, episodes: SplitEpisodes, sequence_length: int, prompt_length: int, seed: int):
+    def __init__(self, episodes: SplitEpisodes, sequence_length: int, prompt_length: int, seed: int | Sequence[int]):
         self.episodes = episodes
         self.sequence_length = sequence_length
         self.prompt_length = prompt_length

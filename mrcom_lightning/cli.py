@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ class SaveConfig(SaveConfigCallback):
             return
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"config-{stage}.yaml"
+        path = folder / f"config-{getattr(stage, 'value', stage)}.yaml"
         self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
         self.already_saved = True
         for logger in trainer.loggers:
@@ -43,8 +44,10 @@ class SaveConfig(SaveConfigCallback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # What `mrcom test --ckpt_path ...` without --config needs besides the hyperparameters.
-        trainer_config = namespace_to_dict(self.config).get("trainer", {})
-        checkpoint["mrcom_trainer"] = {k: trainer_config.get(k) for k in CARRIED_TRAINER_KEYS if k in trainer_config}
+        config = namespace_to_dict(self.config)
+        trainer_config = config.get("trainer", {})
+        checkpoint["mrcom_trainer"] = {k: trainer_config[k] for k in CARRIED_TRAINER_KEYS if k in trainer_config}
+        checkpoint["mrcom_seed"] = config.get("seed_everything")
 
 
 class MrCoMCLI(LightningCLI):
@@ -59,12 +62,18 @@ class MrCoMCLI(LightningCLI):
         )
         parser.link_arguments("data.domain_dims", "model.domain_dims", apply_on="instantiate")
         parser.link_arguments("data.num_scenarios", "model.num_scenarios", apply_on="instantiate")
+        parser.link_arguments("data.prompt_length", "model.world_model.context_length")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         if config.threads < 1:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would re-read only the model's hyperparameters here, and turns the dataclass
+        # settings back into defaults; `config_from_checkpoint` has already given model and data.
+        return
 
     def instantiate_classes(self) -> None:
         try:
@@ -105,18 +114,16 @@ def trainer_defaults() -> dict:
                 "artifact_location": DEFAULT_ARTIFACTS,
             },
         },
+        # Persistent: every run keeps best.ckpt (lowest val/loss) and last.ckpt in a fixed folder.
         "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {
-                    "filename": "best",
-                    "monitor": "val/loss",
-                    "mode": "min",
-                    "save_top_k": 1,
-                    "save_last": True,
-                    "enable_version_counter": False,
-                },
-            },
+            ModelCheckpoint(
+                filename="best",
+                monitor="val/loss",
+                mode="min",
+                save_top_k=1,
+                save_last=True,
+                enable_version_counter=False,
+            )
         ],
         "max_steps": 1000,
         "val_check_interval": 250,
@@ -160,6 +167,8 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
         config[section] = _plain(hparams)
     if "mrcom_trainer" in checkpoint:
         config["trainer"] = checkpoint["mrcom_trainer"]
+    if checkpoint.get("mrcom_seed") is not None:
+        config["seed_everything"] = checkpoint["mrcom_seed"]
     handle, path = tempfile.mkstemp(prefix="mrcom-ckpt-config-", suffix=".yaml")
     with os.fdopen(handle, "w") as f:
         yaml.safe_dump(config, f)
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         return collect_main(argv[1:])
     from datamodules import MultiScenarioDataModule
 
+    # `args` carries the command line (plus a config from the checkpoint): not a mistake.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     MrCoMCLI(
         MrCoM,
         MultiScenarioDataModule,
@@ -181,8 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         trainer_defaults=trainer_defaults(),
         save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": "MrCoM: train and evaluate a unified world model across MuJoCo scenarios."},
+        # Hyperparameters stay the objects `__init__` received (dataclass settings included).
         load_from_checkpoint_support=False,
+        parser_kwargs={"description": "MrCoM: train and evaluate a unified world model across MuJoCo scenarios."},
     )
 
 

@@ -20,6 +20,10 @@ from mrcom_lightning.models.layers import symexp
 
 TEST_SPLITS = ("test_id", "test_ood")
 
+# Checkpoints carry the model's settings; Lightning reads them back with torch's weights-only
+# unpickler, which rebuilds only the classes it was told are safe.
+torch.serialization.add_safe_globals([WorldModelConfig])
+
 
 class MrCoM(L.LightningModule):
     """MrCoM: L = w_wm·L_wm + w_ms·L_ms + w_mv·L_mv (Eq. 16), plus the value losses (Eq. 13–14).

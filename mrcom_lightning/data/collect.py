@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mrcom_lightning.agents import SAC, SACConfig
 from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
-from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioSpec, make_env
+from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioEnv, ScenarioSpec, make_env
 
 MANIFEST = "dataset.json"
 
@@ -93,6 +93,24 @@ def _load_agent(path: str) -> SAC:
     return _AGENTS[path]
 
 
+_ENV: dict[tuple[ScenarioSpec, int], ScenarioEnv] = {}  # per worker process: the last scenario's environment
+
+
+def _scenario_env(spec: ScenarioSpec, episode_steps: int, seed: int) -> ScenarioEnv:
+    """The environment of `spec`, seeded for one episode; reused while jobs stay on one scenario.
+
+    Compiling a scenario's MJCF costs about as much as stepping a few hundred steps; a
+    reseeded environment gives the same episodes as a fresh `make_env(spec, seed=seed)`.
+    """
+    key = (spec, episode_steps)
+    if key in _ENV:
+        _ENV[key].reseed(seed)
+    else:
+        _ENV.clear()
+        _ENV[key] = make_env(spec, seed=seed, episode_steps=episode_steps)
+    return _ENV[key]
+
+
 def run_episode(env, policy, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rolls one episode with `policy(obs) -> action` (None: uniform random actions)."""
     observations, actions, rewards = [env.reset()], [], []
@@ -108,7 +126,7 @@ def run_episode(env, policy, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
 def _collect_one(item: tuple[str, _Job]) -> str:
     store_root, job = item
-    env = make_env(job.spec, seed=job.seed, episode_steps=job.episode_steps)
+    env = _scenario_env(job.spec, job.episode_steps, job.seed)
     rng = np.random.default_rng(job.seed)
     policy = None
     if job.agent_path is not None:

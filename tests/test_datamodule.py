@@ -1,0 +1,328 @@
+"""The multi-scenario datamodule: batch contract, per-rank/worker streams, prompts, resume, errors, DDP."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+import numpy as np
+import pytest
+import torch
+
+from datamodules import MultiScenarioDataModule
+from mrcom_lightning.data import CorruptEpisodeError, Episode, EpisodeStore
+from mrcom_lightning.data.collect import DatasetConfig
+from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet
+
+torch.set_num_threads(1)
+
+SCENARIOS = MetaScenarioSet(domains=("hopper", "cheetah"), num_train=2, num_val=1, num_test_id=1, num_test_ood=1)
+STEPS = 60
+SETTINGS = dict(sequence_length=16, prompt_length=5, batch_size=5)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> DatasetConfig:
+    """A random-behaviour dataset, collected once by the datamodule's own `prepare_data`."""
+    config = DatasetConfig(
+        root=str(tmp_path_factory.mktemp("data") / "random"),
+        scenarios=SCENARIOS,
+        behaviour="random",
+        episodes_per_scenario=2,
+        test_episodes_per_scenario=2,
+        episode_steps=STEPS,
+    )
+    MultiScenarioDataModule(config, **SETTINGS).prepare_data()
+    return config
+
+
+@pytest.fixture(scope="session")
+def two_policies(dataset, tmp_path_factory) -> DatasetConfig:
+    """The dataset plus two synthetic `expert` episodes per scenario (obs offset by 100)."""
+    config = DatasetConfig(**{**vars(dataset), "root": str(tmp_path_factory.mktemp("data") / "two")})
+    shutil.copytree(dataset.root, config.root)
+    store, rng = EpisodeStore(config.root), np.random.default_rng(0)
+    for split in SPLITS:
+        for spec in SCENARIOS.draw(split):
+            template = store.read(store.index(spec.id)[0].path)
+            for index in range(2):
+                obs = 100 + rng.normal(size=template.obs.shape).astype(np.float32)
+                action = rng.uniform(-1, 1, template.action.shape).astype(np.float32)
+                reward = rng.uniform(size=STEPS).astype(np.float32)
+                store.write(Episode(obs, action, reward, np.zeros(STEPS, bool), spec, "expert", index), index)
+    return config
+
+
+def make(config: DatasetConfig, **kwargs) -> MultiScenarioDataModule:
+    return MultiScenarioDataModule(config, **{**SETTINGS, **kwargs})
+
+
+def take(loader, n: int) -> list[dict]:
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(n)]
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def locate(root: str, sequence: np.ndarray) -> set[tuple[str, str]]:
+    """(scenario id, policy) of every episode under `root` whose obs contain `sequence` contiguously."""
+    found = set()
+    for info in EpisodeStore(root).index():
+        obs = EpisodeStore.read(info.path).obs
+        if obs.shape[1] != sequence.shape[1]:
+            continue
+        for t in np.flatnonzero((obs == sequence[0]).all(1)):
+            if t + len(sequence) <= len(obs) and np.array_equal(obs[t : t + len(sequence)], sequence):
+                found.add((info.scenario_id, info.policy))
+    return found
+
+
+def test_properties_need_no_data(tmp_path):
+    scenarios = MetaScenarioSet(domains=("walker", "hopper"), obs_fn="add_dims", num_train=3)
+    dm = MultiScenarioDataModule(DatasetConfig(root=str(tmp_path / "absent"), scenarios=scenarios))
+    assert dm.domains == ["hopper", "walker"]
+    assert dm.domain_dims == {"hopper": (15 + 2, 4), "walker": (24 + 3, 6)}
+    assert dm.num_scenarios == 6 and dm.train_scenarios == scenarios.train
+    assert dm.hparams.sequence_length == 64 and dm.hparams.dataset.scenarios == scenarios
+    assert not (tmp_path / "absent").exists()
+
+
+def test_batch_format_and_masks(dataset):
+    dm = make(dataset)
+    dm.setup("fit")
+    store = EpisodeStore(dataset.root)
+    for d, (o, a) in dm.domain_dims.items():  # the real data has the announced sizes
+        spec = next(s for s in dm.train_scenarios if s.domain == d)
+        episode = store.read(store.index(spec.id)[0].path)
+        assert (episode.obs.shape[1], episode.action.shape[1]) == (o, a)
+    B, T, Lp, O, A = 5, 16, 5, 17, 6
+    shapes = dict(
+        obs=(B, T + 1, O), action=(B, T, A), reward=(B, T), terminal=(B, T), obs_mask=(B, O),
+        action_mask=(B, A), domain=(B,), scenario=(B,), prompt_obs=(B, Lp, O), prompt_action=(B, Lp, A),
+        prompt_reward=(B, Lp),
+    )
+    dtypes = dict(terminal=torch.bool, domain=torch.int64, scenario=torch.int64)
+    train = take(dm.train_dataloader(), 4)
+    val = take(dm.val_dataloader(), 1)
+    for batch in train + val:
+        assert set(batch) == set(shapes)
+        for key, shape in shapes.items():
+            assert tuple(batch[key].shape) == shape, key
+            assert batch[key].dtype == dtypes.get(key, torch.float32), key
+        for row in range(B):
+            o, a = list(dm.domain_dims.values())[int(batch["domain"][row])]
+            assert batch["obs_mask"][row].tolist() == [1.0] * o + [0.0] * (O - o)
+            assert batch["action_mask"][row].tolist() == [1.0] * a + [0.0] * (A - a)
+            for key, dim in (("obs", o), ("prompt_obs", o), ("action", a), ("prompt_action", a)):
+                assert not batch[key][row, ..., dim:].any(), key
+                assert batch[key][row, ..., :dim].abs().sum() > 0, key
+    for batch in train:
+        labels = batch["scenario"].tolist()
+        assert all(dm.train_scenarios[k].domain == dm.domains[d] for k, d in zip(labels, batch["domain"].tolist()))
+    assert (val[0]["scenario"] == -1).all()
+
+
+def test_windows_and_prompts_come_from_the_rows_scenario(two_policies):
+    dm = make(two_policies, behaviour="random")
+    dm.setup("fit")
+    ids = [spec.id for spec in dm.train_scenarios]
+    for split, batch in (("train", next(iter(dm.train_dataloader()))), ("val", next(iter(dm.val_dataloader())))):
+        for row in range(len(batch["obs"])):
+            o = list(dm.domain_dims.values())[int(batch["domain"][row])][0]
+            window = locate(two_policies.root, batch["obs"][row, :, :o].numpy())
+            prompt = locate(two_policies.root, batch["prompt_obs"][row, :, :o].numpy())
+            assert len(window) == 1 and len(prompt) == 1, (split, window, prompt)
+            (window_scenario, window_policy), (prompt_scenario, prompt_policy) = window.pop(), prompt.pop()
+            assert prompt_scenario == window_scenario and prompt_policy == "expert"
+            if split == "train":  # behaviour="random" trains on random windows only
+                assert window_policy == "random" and ids[int(batch["scenario"][row])] == window_scenario
+
+
+def test_behaviour_none_trains_on_every_policy(two_policies):
+    dm = make(two_policies, batch_size=32)
+    stream = dm.train_stream()
+    obs = torch.cat([stream.batch(0, i)["obs"] for i in range(4)])
+    expert = (obs[:, 0, 0] > 50).float().mean()  # synthetic expert obs sit near 100
+    assert 0.25 < expert < 0.75
+
+
+def test_streams_differ_per_rank_and_worker_and_are_reproducible(dataset):
+    def batches(rank: int, worker: int, n: int = 8) -> list[dict]:
+        stream = make(dataset).train_stream(rank=rank, world_size=2)
+        return [stream.batch(worker, index, num_workers=2) for index in range(n)]
+
+    def keys(stream: list[dict]) -> set[bytes]:
+        return {b["obs"].numpy().tobytes() for b in stream}
+
+    streams = {(r, w): batches(r, w) for r in range(2) for w in range(2)}
+    for (r, w), stream in streams.items():
+        assert len(keys(stream)) == len(stream)
+        assert same(stream, batches(r, w))  # a new construction gives the same stream
+        for other, other_stream in streams.items():
+            if other != (r, w):
+                assert not keys(stream) & keys(other_stream), ((r, w), other)
+    # A real DataLoader hands out worker 0's and worker 1's batches in turn.
+    loaded = take(make(dataset, num_workers=2).train_dataloader(), 6)
+    expected = [streams[0, j % 2][j // 2] for j in range(6)]
+    assert same(loaded, expected)
+
+
+def test_domain_balance(dataset):
+    dm = make(dataset)
+    stream = dm.train_stream()
+    domains = torch.cat([stream.batch(0, i)["domain"] for i in range(200)])
+    scenarios = torch.cat([stream.batch(0, i)["scenario"] for i in range(200)])
+    assert domains.bincount().tolist() == [500, 500]  # 2 + 2 rows per batch, the fifth alternates
+    for i in range(10):
+        assert stream.batch(0, i)["domain"].bincount(minlength=2).min() >= 2
+    per_scenario = scenarios.bincount(minlength=4)
+    assert ((per_scenario - 250).abs() < 60).all(), per_scenario
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_the_stream(dataset, num_workers):
+    first = make(dataset, num_workers=num_workers).train_dataloader()
+    iterator = iter(first)
+    [next(iterator) for _ in range(3)]
+    state = first.state_dict()
+    assert state == {"batches": 3}
+    following = [next(iterator) for _ in range(4)]
+    resumed = make(dataset, num_workers=num_workers).train_dataloader()
+    resumed.load_state_dict(state)
+    assert same(take(resumed, 4), following)
+    # Iterating the same loader again continues too (persistent workers are restarted at the new start).
+    assert same(take(first, 1), take(make(dataset, num_workers=num_workers).train_dataloader(), 8)[7:])
+
+
+def test_validation_and_test_windows_are_fixed(dataset):
+    dm = make(dataset, batch_size=4)
+    dm.setup("validate")
+    dm.setup("test")
+    windows_per_episode = STEPS // 16
+    assert len(dm.val_dataloader().dataset) == 2 * 1 * 2 * windows_per_episode
+    assert same(list(dm.val_dataloader()), list(make(dataset, batch_size=4).val_dataloader()))
+    test_id, test_ood = dm.test_dataloader()
+    assert len(test_id.dataset) == len(test_ood.dataset) == 2 * 1 * 2 * windows_per_episode
+    starts = [b["obs"] for b in test_id]
+    assert not torch.equal(starts[0], starts[-1])
+
+
+def test_prepare_data_collects_only_when_incomplete(dataset, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("collect() called for a complete dataset")
+
+    monkeypatch.setattr("datamodules.multi_scenario.collect", fail)
+    make(dataset).prepare_data()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("sequence_length", 0, "data.sequence_length must be > 0, got 0"),
+        ("batch_size", -2, "data.batch_size must be > 0, got -2"),
+        ("prompt_length", -1, "data.prompt_length must be >= 0, got -1"),
+        ("num_workers", -1, "data.num_workers must be >= 0, got -1"),
+        ("behaviour", "expert", "data.behaviour must be null or one of the dataset's policies"),
+    ],
+)
+def test_bad_settings_name_the_key(dataset, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        make(dataset, **{key: value})
+
+
+def test_missing_domain_names_domain_and_directory(dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(dataset.root, root)
+    for spec in SCENARIOS.draw("train"):
+        if spec.domain == "hopper":
+            shutil.rmtree(root / spec.id)
+    dm = make(DatasetConfig(**{**vars(dataset), "root": str(root)}))
+    with pytest.raises(ValueError, match=rf"domain 'hopper'.*{root}"):
+        dm.setup("fit")
+
+
+def test_sequence_longer_than_every_episode(dataset):
+    with pytest.raises(ValueError, match=rf"sequence_length=61 .* domain 'cheetah' .*longest: {STEPS} steps"):
+        make(dataset, sequence_length=61).setup("fit")
+
+
+def test_corrupt_episode_names_the_file(dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(dataset.root, root)
+    victim = EpisodeStore(root).index(SCENARIOS.train[1].id)[0].path
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(CorruptEpisodeError, match=str(victim)):
+        make(DatasetConfig(**{**vars(dataset), "root": str(root)})).setup("fit")
+
+
+class TinyModel(L.LightningModule):
+    """A stand-in for the world model: a linear map of the masked observations."""
+
+    def __init__(self, obs_dim: int, log_dir: str = ""):
+        super().__init__()
+        self.layer = torch.nn.Linear(obs_dim, 1)
+        self.log_dir = log_dir
+        self.seen: list[float] = []
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        obs = batch["obs"] * batch["obs_mask"][:, None]
+        return (self.layer(obs).squeeze(-1)[:, 1:] - batch["reward"]).pow(2).mean()
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch["obs"].sum().item())
+        if self.trainer.world_size > 1:  # every rank must see its own batch
+            sums = self.all_gather(batch["obs"].sum())
+            assert sums.unique().numel() == self.trainer.world_size, sums
+        return self.loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("val/loss", loss, sync_dist=True)
+        if self.log_dir:
+            (Path(self.log_dir) / f"val-rank{self.global_rank}-step{self.global_step}-{batch_idx}").touch()
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    settings = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**settings, **kwargs})
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_fit_resume_continues_the_stream(dataset, tmp_path):
+    """Lightning restores the loader's position: the resumed run sees no batch twice."""
+    whole = TinyModel(17)
+    trainer(max_steps=7).fit(whole, datamodule=make(dataset))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)
+    first = TinyModel(17)
+    trainer(max_steps=3, callbacks=[checkpoint], enable_checkpointing=True).fit(first, datamodule=make(dataset))
+    path = next(tmp_path.glob("*.ckpt"))
+    saved = torch.load(path, weights_only=False)
+    assert saved["datamodule_hyper_parameters"]["sequence_length"] == 16
+    resumed = TinyModel(17)
+    trainer(max_steps=6).fit(resumed, datamodule=make(dataset), ckpt_path=path)
+    assert first.seen == whole.seen[:3]
+    # Lightning had fetched batch 3 ahead of the checkpoint, so the resumed run starts at batch 4.
+    assert resumed.seen == whole.seen[4:7]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ddp_two_processes_train_and_validate(dataset, tmp_path):
+    fit = trainer(
+        strategy="ddp_spawn", devices=2, max_steps=3, val_check_interval=2, limit_val_batches=2,
+        check_val_every_n_epoch=None,
+    )
+    fit.fit(TinyModel(17, str(tmp_path)), datamodule=make(dataset))
+    markers = sorted(p.name for p in tmp_path.iterdir())
+    assert markers == [f"val-rank{r}-step2-{i}" for r in range(2) for i in range(2)], markers
