@@ -1,24 +1,24 @@
 """Steps per second of `mrcom collect` (random behaviour) against raw dm_control stepping.
 
 Three things are measured in interleaved rounds (raw, collect with 1 worker, collect with
-2 workers, raw, ...) so that machine noise hits all alike, and each one's median over rounds
-is reported:
+2 workers, raw, ...) so that machine noise hits all alike; each one's median over rounds is
+reported, and each ratio is the median over rounds of that round's ratio:
 
 * raw: `dm_control.suite.load(domain, task)` stepping uniform random actions in this process,
   resetting when an episode ends, the same number of steps per domain as collected;
 * collect: `collect()` of a random-behaviour dataset into a fresh temporary root, from the
-  call to its return: scenario environments built per episode, seeding, atomic `.npz`
-  writes, the manifest and, with 2 workers, the spawn start-up of the worker processes
-  (each imports torch and dm_control, about a second or two). Start-up is part of the real
-  cost, so it is kept in the time; the default run (3 domains x 2 scenarios x 8 episodes x
-  500 steps = 24k steps, several seconds per measurement) is long enough that it does
-  not dominate.
+  call to its return: each scenario's MJCF compiled (once per worker and scenario), seeding,
+  atomic `.npz` writes, the manifest and, with 2 workers, the spawn start-up of the worker
+  processes (each imports torch and dm_control, about 2 s on an idle machine). Start-up is
+  part of the real cost, so it is kept in the time; the default run (3 domains x 2 scenarios
+  x 16 episodes x 500 steps = 48k steps, about 5-10 s per measurement) is long enough that
+  it does not dominate.
 
     python benchmarks/collect_throughput.py --rounds 3
 
 The last line, `collect_ratio_1worker=<value>`, is collect steps/s with one worker divided by
 raw steps/s (1.0 = no overhead; target >= 0.7). On a machine whose cores are busy, the
-2-worker figure says more about the load than about `collect`.
+2-worker figure says more about the load than about `collect`: look at `uptime` too.
 """
 
 import os
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", nargs="+", default=list(PLAIN_TASKS), choices=list(PLAIN_TASKS))
     parser.add_argument("--scenarios", type=int, default=2, help="training scenarios per domain")
-    parser.add_argument("--episodes", type=int, default=8, help="episodes per scenario")
+    parser.add_argument("--episodes", type=int, default=16, help="episodes per scenario")
     parser.add_argument("--episode-steps", type=int, default=500, help="steps per episode (DatasetConfig's default)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="collect worker counts to measure")
@@ -117,16 +117,19 @@ def main() -> None:
             flush=True,
         )
 
-    raw = statistics.median(rates["raw"])
-    print(f"raw dm_control     {raw:9.1f} steps/s (median)")
-    for workers in args.workers:
-        rate = statistics.median(rates[f"collect_{workers}"])
-        print(f"collect {workers} worker(s) {rate:9.1f} steps/s (median)  collect/raw {rate / raw:.3f}")
-    if 2 in args.workers:
-        speedup = statistics.median(rates["collect_2"]) / statistics.median(rates["collect_1"])
-        print(f"collect 2 workers / 1 worker {speedup:.3f}")
-    print(f"collect_ratio_1worker={statistics.median(rates['collect_1']) / raw:.3f}")
+    def ratio(numerator: str, denominator: str) -> float:
+        return statistics.median(n / d for n, d in zip(rates[numerator], rates[denominator]))
 
+    print(f"raw dm_control      {statistics.median(rates['raw']):9.1f} steps/s (median)")
+    for workers in args.workers:
+        name = f"collect_{workers}"
+        print(
+            f"collect {workers} worker(s) {statistics.median(rates[name]):9.1f} steps/s (median)  "
+            f"collect/raw {ratio(name, 'raw'):.3f}"
+        )
+    if 2 in args.workers:
+        print(f"collect 2 workers / 1 worker {ratio('collect_2', 'collect_1'):.3f}")
+    print(f"collect_ratio_1worker={ratio('collect_1', 'raw'):.3f}")
 
 if __name__ == "__main__":
     main()
