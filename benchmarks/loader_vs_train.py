@@ -5,15 +5,14 @@ datamodule's training loader (batch 32, T=64, prompt 20) with `num_workers=0` an
 fixed-cost training step, are measured in alternating rounds (loader 0, loader 2, train, ...)
 so that machine noise hits all alike; each side's median over rounds is reported.
 
-The world model does not exist yet, so the training step is a STAND-IN of roughly its shape:
-a 3-layer MLP embedding of the padded observations into 128 dims, a 1-layer GRU cell (128)
-unrolled step by step over the 64 steps of the batch-32 window, a linear reward head, backward
-and an Adam step. Swap `train_step_fn` for the real model's step to measure the real ratio.
+The training step is the real MrCoM step at the paper's sizes (embedding, h and z 128,
+prompt 20, batch 32 x 64): all loss terms of Eq. 16, backward and an AdamW step.
 
     python benchmarks/loader_vs_train.py --rounds 5 --batches 20
 
 The last line, `loader_over_train=<value>`, is loader batches/s (num_workers=0) divided by
-stand-in train steps/s: above 1 the main-process loader keeps up with training by itself.
+MrCoM train steps/s: above 1 the main-process loader keeps up with training by itself
+(target >= 5, so that it never starves a GPU several times faster than this CPU).
 """
 
 import os
@@ -28,38 +27,24 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig  # noqa: E402
+from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 
 
-def train_step_fn(obs_dim: int, act_dim: int, hidden: int = 128) -> Callable[[dict], float]:
-    """A stand-in training step for the world model: MLP embedding, GRU(128) over T steps, Adam."""
-    embed = nn.Sequential(
-        nn.Linear(obs_dim + act_dim, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden),
-    )
-    cell = nn.GRUCell(hidden, hidden)
-    head = nn.Linear(hidden, 1)
-    params = [*embed.parameters(), *cell.parameters(), *head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-4)
+def train_step_fn(domain_dims: dict[str, tuple[int, int]], num_scenarios: int) -> Callable[[dict], float]:
+    """One training step of MrCoM at the paper's sizes (`WorldModelConfig()`): Eq. 16, backward, AdamW."""
+    model = MrCoM(domain_dims=domain_dims, num_scenarios=num_scenarios)
+    optimizer = model.configure_optimizers()
 
     def step(batch: dict) -> float:
-        inputs = torch.cat([batch["obs"][:, :-1] * batch["obs_mask"][:, None], batch["action"]], -1)
-        tokens = embed(inputs)
-        h = tokens.new_zeros(tokens.shape[0], hidden)
-        predictions = []
-        for t in range(tokens.shape[1]):  # unrolled like a latent cell, not a fused GRU
-            h = cell(tokens[:, t], h)
-            predictions.append(head(h).squeeze(-1))
-        loss = (torch.stack(predictions, 1) - batch["reward"]).pow(2).mean()
+        terms, _ = model.losses(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["total"].backward()
         optimizer.step()
-        return loss.item()
+        return terms["total"].item()
 
     return step
 
@@ -98,9 +83,8 @@ def main() -> None:
             loaders[workers] = iter(dm.train_dataloader())
         print(f"dataset: 3 domains x 2 train scenarios x 2 episodes x 200 steps, "
               f"collected and loaded in {time.perf_counter() - start:.1f}s")
-        obs_dim, act_dim = (max(dims) for dims in zip(*dm.domain_dims.values()))
         batch = next(loaders[0])
-        step = train_step_fn(obs_dim, act_dim)
+        step = train_step_fn(dm.domain_dims, dm.num_scenarios)
         for _ in range(3):  # warm-up: worker start, allocator, autograd graph
             next(loaders[0]), next(loaders[2]), step(batch)
 
@@ -115,8 +99,7 @@ def main() -> None:
           f"median of {args.rounds} interleaved rounds x {args.batches}")
     print(f"train loader, num_workers=0: {median['loader_w0']:8.1f} batches/s")
     print(f"train loader, num_workers=2: {median['loader_w2']:8.1f} batches/s")
-    print(f"STAND-IN train step (MLP embed + GRUCell(128) x 64 steps + Adam, batch 32; "
-          f"not the world model): {median['train']:8.1f} steps/s")
+    print(f"MrCoM train step (paper sizes, batch 32 x 64): {median['train']:8.1f} steps/s")
     print(f"loader_over_train={median['loader_w0'] / median['train']:.2f}")
 
 
