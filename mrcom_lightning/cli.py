@@ -1,4 +1,4 @@
-"""`mrcom`: the LightningCLI for fit / validate / test / predict, plus the `collect` tool."""
+"""`mrcom`: the LightningCLI for fit / validate / test / predict, plus the `collect` and `adapt` tools."""
 
 from __future__ import annotations
 
@@ -100,8 +100,13 @@ class MrCoMCLI(LightningCLI):
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
         if self.trainer.is_global_zero and callback is not None:
+            last = callback.last_model_path
+            if not last and callback.save_last and callback.dirpath:
+                # ddp_spawn hands only the best path back from its workers to this process.
+                written = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+                last = str(written) if written.is_file() else ""
             print(f"best checkpoint: {callback.best_model_path or '(none yet)'}")
-            print(f"last checkpoint: {callback.last_model_path or '(none yet)'}")
+            print(f"last checkpoint: {last or '(none yet)'}")
 
 
 def trainer_defaults() -> dict:
@@ -181,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         from mrcom_lightning.data.cli import collect_main
 
         return collect_main(argv[1:])
+    if argv and argv[0] == "adapt":
+        from mrcom_lightning.adaptation.cli import adapt_main
+
+        return adapt_main(argv[1:])
     from datamodules import MultiScenarioDataModule
 
     # `args` carries the command line (plus a config from the checkpoint): not a mistake.

@@ -214,7 +214,7 @@ def test_sigkill_then_rerun_completes_the_same_dataset(uninterrupted, tmp_path, 
     while len(episode_files(root)) < 3:
         assert proc.poll() is None, "collection ended before it could be killed: make it longer"
         assert time.monotonic() < deadline, "no episode written in time"
-        time.sleep(0.005)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes
     assert proc.wait(timeout=30) == -signal.SIGKILL
     log.close()

@@ -1,0 +1,5 @@
+"""Lightning callbacks of mrcom-lightning."""
+
+from callbacks.adaptation import ScenarioAdaptation
+
+__all__ = ["ScenarioAdaptation"]

@@ -1,0 +1,84 @@
+"""`mrcom adapt`: adapt a trained world model to target scenarios, against plain SAC, logged to MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from mrcom_lightning.adaptation.loop import AdaptationConfig, adapt
+from mrcom_lightning.adaptation.targets import resolve_targets
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def adapt_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="mrcom adapt",
+        description="Adapt a trained MrCoM world model to target scenarios (Algorithm 2) and score it "
+        "against plain SAC with the same number of real environment steps.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with the options below")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="a checkpoint written by `mrcom fit`")
+    parser.add_argument(
+        "--target",
+        type=list[str],
+        default=["test_id/*/0", "test_ood/*/0"],
+        help="scenarios of the checkpoint's meta-scenario set as SPLIT/DOMAIN/INDEX (`*`: every domain)",
+    )
+    parser.add_class_arguments(AdaptationConfig, "adaptation", help="the adaptation loop")
+    parser.add_argument("--baseline", type=bool, default=True, help="also run plain SAC with the same budget")
+    parser.add_argument("--seeds", type=list[int], default=[0], help="one adaptation per seed and target")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device of the agent and model")
+    parser.add_argument("--tracking_uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow tracking URI")
+    parser.add_argument("--experiment", type=str, default="adapt", help="MLflow experiment of the runs")
+    parser.add_argument("--progress", type=bool, default=True, help="show progress bars")
+    return parser
+
+
+def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: int, result, config) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    method = "mrcom" if result.use_model else "sac"
+    with mlflow.start_run(run_name=f"{method}-{name}-seed{seed}"):
+        mlflow.log_params(
+            {"method": method, "target": name, "domain": result.target.domain, "seed": seed, "ckpt_path": ckpt_path,
+             "spec": str(result.target)}
+            | {f"adaptation.{k}": v for k, v in dataclasses.asdict(config).items() if k != "sac"}
+        )
+        for step, score in zip(result.eval_steps, result.eval_scores):
+            mlflow.log_metric(f"adapt/{name}/score", score, step=step)
+
+
+def adapt_main(argv: list[str]) -> None:
+    from mrcom_lightning.module import MrCoM
+
+    parser = adapt_parser()
+    config = parser.parse_args(argv)
+    try:
+        settings = parser.instantiate_classes(config)
+        if settings.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {settings.threads}")
+        torch.set_num_threads(settings.threads)
+        checkpoint = torch.load(settings.ckpt_path, map_location="cpu", weights_only=False)
+        scenarios = checkpoint["datamodule_hyper_parameters"]["dataset"].scenarios
+        targets = resolve_targets(scenarios, settings.target)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        parser.error(str(err))
+    module = MrCoM.load_from_checkpoint(settings.ckpt_path, map_location="cpu", weights_only=False)
+    rows = []
+    for name, spec in targets.items():
+        for seed in settings.seeds:
+            methods = [True, False] if settings.baseline else [True]
+            for use_model in methods:
+                result = adapt(spec, settings.adaptation, module if use_model else None, use_model, seed,
+                               settings.progress, settings.device)
+                _log(settings.tracking_uri, settings.experiment, settings.ckpt_path, name, seed, result, settings.adaptation)
+                rows.append((name, "mrcom" if use_model else "sac", seed, result.score))
+    print(f"{'target':<24} {'method':<6} {'seed':>4} {'score':>7}")
+    for name, method, seed, score in rows:
+        print(f"{name:<24} {method:<6} {seed:>4} {score:7.2f}")
