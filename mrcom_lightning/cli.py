@@ -1,4 +1,4 @@
-"""`mrcom`: the LightningCLI for fit / validate / test / predict, plus the `collect` and `adapt` tools."""
+"""`mrcom`: the LightningCLI for fit / validate / test / predict, plus the `collect`, `adapt`, `compare` and `sweep` tools."""
 
 from __future__ import annotations
 
@@ -190,6 +190,14 @@ def main(argv: list[str] | None = None) -> None:
         from mrcom_lightning.adaptation.cli import adapt_main
 
         return adapt_main(argv[1:])
+    if argv and argv[0] == "compare":
+        from mrcom_lightning.compare import compare_main
+
+        return compare_main(argv[1:])
+    if argv and argv[0] == "sweep":
+        from mrcom_lightning.sweep import sweep_main
+
+        return sweep_main(argv[1:])
     from datamodules import MultiScenarioDataModule
 
     # `args` carries the command line (plus a config from the checkpoint): not a mistake.

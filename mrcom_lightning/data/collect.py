@@ -204,6 +204,7 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
         for job in jobs:
             _collect_one((config.root, job))
             bar.update()
+        _ENV.clear()  # this process goes on (e.g. training): keep no environment alive
     else:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:

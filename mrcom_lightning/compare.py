@@ -1,0 +1,160 @@
+"""`mrcom compare`: MLflow runs as the paper's tables (rows by domain, columns by method, mean ± std
+over seeds), in Markdown and CSV, with learning curves and score bars as PNG."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def compare_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mrcom compare", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with the options below")
+    parser.add_argument("--tracking_uri", type=str, default=DEFAULT_TRACKING_URI, help="MLflow store or server URI")
+    parser.add_argument("--experiment", type=list[str], default=["multi"], help="MLflow experiment names")
+    parser.add_argument("--filter", type=str, default="", help="MLflow filter string, e.g. \"tags.method != 'rssm'\"")
+    parser.add_argument(
+        "--metric",
+        type=str,
+        default="test_id/{domain}/open_loop_mse",
+        help="metric name with a {domain} placeholder: one table row per domain found",
+    )
+    parser.add_argument("--columns", type=str, default="tags.method", help="run field whose values are the columns")
+    parser.add_argument("--curve", type=str, default="val/loss", help="metric drawn as learning curves per column")
+    parser.add_argument("--out", type=str, default="comparison", help="folder for table.md, table.csv and the plots")
+    parser.add_argument("--precision", type=int, default=2, help="decimals in the table")
+    return parser
+
+
+def load_runs(tracking_uri: str, experiments: list[str], filter_string: str = ""):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=experiments, filter_string=filter_string, output_format="pandas")
+    if runs.empty:
+        raise ValueError(f"no MLflow runs in experiments {experiments} at {tracking_uri} (filter: {filter_string!r})")
+    return runs
+
+
+def table(runs, metric: str, columns: str) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
+    """Domains (rows), column values and the per-cell values, one per run that logged the metric."""
+    if "{domain}" not in metric:
+        raise ValueError(f"metric must contain the {{domain}} placeholder, got {metric!r}")
+    if columns not in runs.columns:
+        raise ValueError(f"no run has the field {columns!r}; fields look like tags.method or params.<name>")
+    pattern = re.compile("^metrics\\." + re.escape(metric).replace(re.escape("{domain}"), "(?P<domain>[^/]+)") + "$")
+    cells: dict[tuple[str, str], list[float]] = {}
+    for name in runs.columns:
+        match = pattern.match(name)
+        if not match:
+            continue
+        for value, column in zip(runs[name], runs[columns]):
+            if value is not None and np.isfinite(value) and isinstance(column, str):
+                cells.setdefault((match["domain"], column), []).append(float(value))
+    if not cells:
+        raise ValueError(f"no run logged a metric matching {metric!r}")
+    rows = sorted({domain for domain, _ in cells})
+    cols = sorted({column for _, column in cells})
+    return rows, cols, cells
+
+
+def cell_text(values: list[float] | None, precision: int) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):.{precision}f} ± {np.std(values):.{precision}f}"
+
+
+def markdown(rows, cols, cells, precision: int, metric: str) -> str:
+    lines = [f"| {metric} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cell_text(cells.get((row, c)), precision) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows, cols, cells) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["domain", "column", "mean", "std", "runs"])
+        for row in rows:
+            for col in cols:
+                values = cells.get((row, col))
+                if values:
+                    writer.writerow([row, col, np.mean(values), np.std(values), len(values)])
+
+
+def plot_bars(path: Path, rows, cols, cells, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(rows) * max(1, len(cols)) / 2, 3.5))
+    width = 0.8 / max(1, len(cols))
+    for i, col in enumerate(cols):
+        means = [np.mean(cells.get((r, col), [np.nan])) for r in rows]
+        stds = [np.std(cells.get((r, col), [np.nan])) for r in rows]
+        ax.bar(np.arange(len(rows)) + i * width, means, width, yerr=stds, capsize=3, label=col)
+    ax.set_xticks(np.arange(len(rows)) + width * (len(cols) - 1) / 2, rows)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(path: Path, runs, columns: str, curve: str, tracking_uri: str) -> bool:
+    """Mean learning curve of `curve` per column value (over its runs); False if no run has it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for column in sorted(v for v in runs[columns].dropna().unique() if isinstance(v, str)):
+        histories = []
+        for run_id in runs.loc[runs[columns] == column, "run_id"]:
+            points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, curve))
+            if points:
+                histories.append(dict(points))
+        if not histories:
+            continue
+        steps = sorted(set().union(*histories))
+        mean = [np.mean([h[s] for h in histories if s in h]) for s in steps]
+        ax.plot(steps, mean, marker="o", markersize=2, label=f"{column} ({len(histories)} runs)")
+        drawn = True
+    if drawn:
+        ax.set_xlabel("step")
+        ax.set_ylabel(curve)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def compare_main(argv: list[str]) -> None:
+    parser = compare_parser()
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.tracking_uri, args.experiment, args.filter)
+        rows, cols, cells = table(runs, args.metric, args.columns)
+    except ValueError as err:
+        parser.error(str(err))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, cols, cells, args.precision, args.metric)
+    (out / "table.md").write_text(text + "\n")
+    write_csv(out / "table.csv", rows, cols, cells)
+    plot_bars(out / "scores.png", rows, cols, cells, args.metric)
+    curves = plot_curves(out / "curves.png", runs, args.columns, args.curve, args.tracking_uri)
+    print(text)
+    print(f"\nwrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'scores.png'}" + (f", {out / 'curves.png'}" if curves else ""))
