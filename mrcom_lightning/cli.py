@@ -20,7 +20,7 @@ from mrcom_lightning.module import MrCoM
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # MLflow 3 deprecates the file store
 DEFAULT_ARTIFACTS = "mlruns-artifacts"
 EVAL_COMMANDS = ("validate", "test", "predict")
-CARRIED_TRAINER_KEYS = ("logger", "default_root_dir", "precision", "accelerator")
+CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", "accelerator")
 
 
 class SaveConfig(SaveConfigCallback):
