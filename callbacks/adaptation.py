@@ -55,9 +55,10 @@ class ScenarioAdaptation(L.Callback):
 
     def _adapt(self, trainer: L.Trainer, pl_module, selectors: list[str]) -> dict[str, float]:
         scenarios = trainer.datamodule.hparams.dataset.scenarios
-        model = copy.deepcopy(pl_module).cpu()
         metrics = {}
         for name, spec in resolve_targets(scenarios, selectors).items():
+            # A copy per target: with `fine_tune` the adaptation trains the model it is given.
+            model = copy.deepcopy(pl_module).cpu()
             result = adapt(spec, self.adaptation, model, use_model=True, seed=self.seed, progress=False)
             metrics[f"adapt/{name}/score"] = result.score
             if self.baseline:

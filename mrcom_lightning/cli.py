@@ -98,15 +98,16 @@ class MrCoMCLI(LightningCLI):
         self._fix_checkpoint_dirs()
 
     def after_fit(self) -> None:
-        callback = self.trainer.checkpoint_callback
-        if self.trainer.is_global_zero and callback is not None:
-            last = callback.last_model_path
-            if not last and callback.save_last and callback.dirpath:
-                # ddp_spawn hands only the best path back from its workers to this process.
-                written = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-                last = str(written) if written.is_file() else ""
-            print(f"best checkpoint: {callback.best_model_path or '(none yet)'}")
-            print(f"last checkpoint: {last or '(none yet)'}")
+        if not self.trainer.is_global_zero:
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.filename in ("best", "last"):
+                path = callback.best_model_path
+                if not path and callback.dirpath:
+                    # ddp_spawn hands only the first checkpoint callback's path back from its workers.
+                    written = Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
+                    path = str(written) if written.is_file() else ""
+                print(f"{callback.filename} checkpoint: {path or '(none yet)'}")
 
 
 def trainer_defaults() -> dict:
@@ -120,15 +121,14 @@ def trainer_defaults() -> dict:
             },
         },
         # Persistent: every run keeps best.ckpt (lowest val/loss) and last.ckpt in a fixed folder.
+        # Two callbacks: Lightning 2.6 writes `save_last` only when a top-k checkpoint is saved at
+        # the same step, so last.ckpt would be a copy of best.ckpt and a resume would go back to
+        # the best step. The unmonitored one overwrites last.ckpt after every validation.
         "callbacks": [
             ModelCheckpoint(
-                filename="best",
-                monitor="val/loss",
-                mode="min",
-                save_top_k=1,
-                save_last=True,
-                enable_version_counter=False,
-            )
+                filename="best", monitor="val/loss", mode="min", save_top_k=1, enable_version_counter=False
+            ),
+            ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False),
         ],
         "max_steps": 1000,
         "val_check_interval": 250,

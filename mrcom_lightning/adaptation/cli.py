@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -75,8 +76,9 @@ def adapt_main(argv: list[str]) -> None:
         for seed in settings.seeds:
             methods = [True, False] if settings.baseline else [True]
             for use_model in methods:
-                result = adapt(spec, settings.adaptation, module if use_model else None, use_model, seed,
-                               settings.progress, settings.device)
+                # A copy per run: with `fine_tune` the adaptation trains the model it is given.
+                model = copy.deepcopy(module) if use_model else None
+                result = adapt(spec, settings.adaptation, model, use_model, seed, settings.progress, settings.device)
                 _log(settings.tracking_uri, settings.experiment, settings.ckpt_path, name, seed, result, settings.adaptation)
                 rows.append((name, "mrcom" if use_model else "sac", seed, result.score))
     print(f"{'target':<24} {'method':<6} {'seed':>4} {'score':>7}")

@@ -141,7 +141,8 @@ def adapt(
     device: str | torch.device = "cpu",
 ) -> AdaptationResult:
     """Learns a policy for `target` with SAC on real transitions and, with `use_model`, on rollouts of
-    `module`'s world model (a trained `MrCoM`). Returns the final score and the evaluation curve."""
+    `module`'s world model (a trained `MrCoM`). Returns the final score and the evaluation curve.
+    With `config.fine_tune`, `module` itself is trained: pass a copy to keep the original."""
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
     env = make_env(target, seed=seed, episode_steps=config.episode_steps)

@@ -1,0 +1,178 @@
+"""Training steps/s of MrCoM and of the RSSM baseline at the paper's sizes, and the thread setting.
+
+Both models are built as `mrcom fit` builds them, at the paper's sizes (Appendix D:
+`WorldModelConfig()`, batch 32 x 64 steps, prompt 20) over hopper, walker and cheetah with their
+real observation and action sizes and 24 training scenarios:
+
+* MrCoM: `MrCoM(domain_dims=..., num_scenarios=24)` (context, u, L_ms and L_mv: Eq. 16);
+* RSSM: no context, no u, w_ms = w_mv = 0 (configs/baselines/rssm.yaml).
+
+A step is the training step without Lightning around it: `terms, _ = model.losses(batch)`,
+`terms["total"].backward()`, an AdamW step. The batch is synthetic, in the datamodule's format
+(domain-balanced rows, zero-padded observations and actions with masks, a prompt per row).
+The models are measured in interleaved rounds (their order alternating), warm-up steps
+excluded, and each side reports its median over rounds, so machine noise hits all alike. On a
+CPU, MrCoM is also timed at 1 and 2 torch threads: the ratio is why `mrcom` defaults to
+`--threads 1`.
+
+    python benchmarks/train_speed.py --rounds 5 --steps 5
+    python benchmarks/train_speed.py --device cuda --precision bf16-mixed --compile --steps 50
+
+The last line, `mrcom_over_rssm_step_time=<value>`, is MrCoM's seconds per step divided by the
+RSSM's: the price of the context transformer, u and the regularisers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+
+import torch
+
+from mrcom_lightning.models import WorldModelConfig
+from mrcom_lightning.module import MrCoM
+
+# The datamodule's domain order (sorted names) and each domain's (observation, action) sizes.
+DOMAIN_DIMS = {"cheetah": (17, 6), "hopper": (15, 4), "walker": (24, 6)}
+NUM_SCENARIOS = 24
+BATCH, STEPS, PROMPT = 32, 64, 20
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def synthetic_batch(device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch in `datamodules.multi_scenario`'s format: smooth trajectories, padded per domain."""
+    g = torch.Generator().manual_seed(seed)
+    dims = list(DOMAIN_DIMS.values())
+    obs_max, act_max = max(o for o, _ in dims), max(a for _, a in dims)
+    domain = torch.arange(BATCH) % len(dims)  # B // n rows per domain, the remainder rotating
+    obs_mask, action_mask = torch.zeros(BATCH, obs_max), torch.zeros(BATCH, act_max)
+    for k, (o, a) in enumerate(dims):
+        obs_mask[domain == k, :o] = 1
+        action_mask[domain == k, :a] = 1
+
+    def trajectory(length: int):
+        phase = torch.rand(BATCH, 1, obs_max, generator=g) * 6.28
+        obs = torch.sin(torch.arange(length + 1).view(1, -1, 1) * 0.3 + phase) * obs_mask[:, None]
+        action = (torch.rand(BATCH, length, act_max, generator=g) * 2 - 1) * action_mask[:, None]
+        return obs, action, torch.sigmoid(obs[:, 1:, 0])
+
+    obs, action, reward = trajectory(STEPS)
+    prompt_obs, prompt_action, prompt_reward = trajectory(PROMPT)
+    batch = dict(
+        obs=obs,
+        action=action,
+        reward=reward,
+        terminal=torch.zeros(BATCH, STEPS, dtype=torch.bool),
+        obs_mask=obs_mask,
+        action_mask=action_mask,
+        domain=domain,
+        scenario=torch.randint(0, NUM_SCENARIOS, (BATCH,), generator=g),
+        prompt_obs=prompt_obs[:, :PROMPT],
+        prompt_action=prompt_action,
+        prompt_reward=prompt_reward,
+    )
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def build(name: str, device: torch.device, compile: bool) -> MrCoM:
+    if name == "MrCoM":
+        model = MrCoM(domain_dims=DOMAIN_DIMS, num_scenarios=NUM_SCENARIOS)
+    else:
+        rssm = WorldModelConfig(context="none", auxiliary_dim=0)
+        model = MrCoM(world_model=rssm, domain_dims=DOMAIN_DIMS, num_scenarios=NUM_SCENARIOS, w_ms=0.0, w_mv=0.0)
+    if compile:
+        model.world_model.compile()
+    return model.to(device).train()
+
+
+class Stepper:
+    """One model's training step: Eq. 16's losses, backward, AdamW (+ a grad scaler for fp16)."""
+
+    def __init__(self, model: MrCoM, batch: dict, device: torch.device, precision: str):
+        self.model, self.batch, self.device = model, batch, device
+        self.optimizer = model.configure_optimizers()
+        self.dtype = PRECISIONS[precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+
+    def step(self) -> None:
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            terms, _ = self.model.losses(self.batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def seconds_per_step(self, steps: int, threads: int) -> float:
+        torch.set_num_threads(threads)
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        return (time.perf_counter() - start) / steps
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the MrCoM-vs-RSSM comparison")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per round and model")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each side reports its median")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model and thread setting first")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="32", help="autocast dtype (GPU option)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the world models (GPU option)")
+    args = parser.parse_args()
+    for name in ("threads", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    device = torch.device(args.device)
+
+    torch.manual_seed(0)
+    batch = synthetic_batch(device)
+    steppers = {
+        name: Stepper(build(name, device, args.compile), batch, device, args.precision) for name in ("MrCoM", "RSSM")
+    }
+    # (model, torch threads): the comparison at --threads, and MrCoM at 1 and 2 threads on a CPU.
+    settings = [("MrCoM", args.threads), ("RSSM", args.threads)]
+    if device.type == "cpu":
+        settings += [("MrCoM", n) for n in (1, 2) if n != args.threads]
+    for name, threads in settings:
+        torch.set_num_threads(threads)
+        for _ in range(args.warmup):
+            steppers[name].step()
+        steppers[name].sync()
+
+    times: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
+    for round_ in range(args.rounds):
+        order = settings if round_ % 2 == 0 else settings[::-1]
+        for name, threads in order:
+            times[(name, threads)].append(steppers[name].seconds_per_step(args.steps, threads))
+    median = {setting: statistics.median(values) for setting, values in times.items()}
+
+    print(
+        f"torch {torch.__version__}, device {device}, precision {args.precision}, compile {args.compile}, "
+        f"{os.cpu_count()} CPUs; batch {BATCH} x {STEPS}, prompt {PROMPT}, {len(DOMAIN_DIMS)} domains, "
+        f"{NUM_SCENARIOS} scenarios; median of {args.rounds} interleaved rounds x {args.steps} steps"
+    )
+    for (name, threads), seconds in median.items():
+        print(f"{name:5s} threads={threads}: {1 / seconds:7.2f} steps/s ({seconds * 1000:8.1f} ms/step)")
+    if device.type == "cpu":
+        ratio = median[("MrCoM", 2)] / median[("MrCoM", 1)]
+        print(f"mrcom_2_threads_over_1_thread_step_time={ratio:.3f}")
+    print(f"mrcom_over_rssm_step_time={median[('MrCoM', args.threads)] / median[('RSSM', args.threads)]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Scenario adaptation (Algorithm 2, DESIGN.md §5): imagination from real latents with the current
+policy, a world model that stays fixed unless fine-tuned, a model pool that feeds SAC, target names,
+the callback inside `fit`, `mrcom adapt`, and adaptation that beats a random policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, model_batch, resolve_targets, score_of
+from mrcom_lightning.adaptation import loop
+from mrcom_lightning.agents import EVAL_SEED, SAC, SACConfig
+from mrcom_lightning.models import WorldModelConfig
+from mrcom_lightning.module import MrCoM
+from mrcom_lightning.scenarios import MetaScenarioSet, ScenarioSpec, make_env
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "configs" / "quick.yaml"
+QUICK_CONFIG = yaml.safe_load(QUICK.read_text())
+TIMEOUT_S = 300
+
+DIMS = {"hopper": (15, 4), "cheetah": (17, 6)}  # hopper is domain 0, cheetah domain 1
+HOPPER = ScenarioSpec("hopper", target_speed=0.5, seed=3)
+TINY = WorldModelConfig(
+    embed_dim=16, hidden_dim=32, stochastic_dim=8, deterministic_dim=16, auxiliary_dim=4, context_length=4, heads=4, reward_bins=31
+)
+TINY_SAC = SACConfig(hidden_dim=32, batch_size=16, warmup_steps=0)
+# 60 real steps in 30-step episodes; rollouts start at step 21 and come every 10 steps: 4 rounds.
+TINY_ADAPT = dict(
+    env_steps=60, episode_steps=30, warmup_steps=20, updates_per_step=1, horizon=2, rollout_every=10, rollout_batch=8,
+    model_pool_rounds=2, history_length=6, fine_tune_steps=2, eval_episodes=1, sac=TINY_SAC,
+)
+
+
+def tiny_model() -> MrCoM:
+    torch.manual_seed(0)
+    return MrCoM(world_model=TINY, domain_dims=DIMS, num_scenarios=2).eval()
+
+
+def tiny_config(**changes) -> AdaptationConfig:
+    return AdaptationConfig(**(TINY_ADAPT | changes))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    """The entries of two state dicts that differ."""
+    assert after.keys() == before.keys()
+    return [name for name in before if not torch.equal(before[name], after[name])]
+
+
+def hopper_history(episodes: int = 2, steps: int = 30) -> RealHistory:
+    """Random-action episodes of a real hopper scenario."""
+    env = make_env(HOPPER, seed=0, episode_steps=steps)
+    rng = np.random.default_rng(0)
+    history = RealHistory(env.obs_dim, env.act_dim)
+    for _ in range(episodes):
+        history.start(env.reset())
+        done = False
+        while not done:
+            action = env.random_action(rng)
+            next_obs, reward, done = env.step(action)
+            history.add(action, reward, next_obs, done)
+    return history
+
+
+# --- imagination -------------------------------------------------------------------------
+
+
+def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
+    model = tiny_model()
+    history = hopper_history()
+    assert len(history.episodes) == 2
+    count, length, horizon = 5, 6, 3
+    windows = history.windows(count, length, TINY.context_length, np.random.default_rng(0))
+    batch = model_batch(windows, model.domains.index("hopper"), 17, 6, "cpu")
+    assert batch["obs"].shape == (count, length + 1, 17) and batch["action"].shape == (count, length, 6)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        assert obs.shape == (count, 15)  # the target's own sizes, not the padded ones
+        return torch.tanh(obs[:, :4])
+
+    torch.manual_seed(0)
+    out = imagine(model.world_model, batch, policy, horizon, 15, 4)
+    n = count * horizon
+    assert out["obs"].shape == (n, 15) and out["next_obs"].shape == (n, 15)
+    assert out["action"].shape == (n, 4) and out["reward"].shape == (n,) and out["done"].shape == (n,)
+    for key, value in out.items():
+        assert torch.isfinite(value).all(), key
+    assert not out["done"].any()  # DMC episodes have a fixed length: no termination model
+
+    # Every action is the policy's at its own observation.
+    torch.testing.assert_close(out["action"], torch.tanh(out["obs"][:, :4]), rtol=0, atol=0)
+    # Rows are step-major ([step k, rollout i] at k·count + i): each step starts where the last ended.
+    steps = {key: out[key].view(horizon, count, -1) for key in ("obs", "next_obs")}
+    torch.testing.assert_close(steps["obs"][1:], steps["next_obs"][:-1], rtol=0, atol=0)
+    # The first step starts at the real last observation of each window.
+    torch.testing.assert_close(steps["obs"][0], torch.as_tensor(windows["obs"][:, -1]), rtol=0, atol=0)
+    real = np.concatenate([e["obs"] for e in history.episodes])
+    assert all((real == o).all(1).any() for o in steps["obs"][0].numpy())
+
+    # The actions drive the model: another policy from the same latents imagines other states.
+    torch.manual_seed(0)
+    other = imagine(model.world_model, batch, lambda obs: -torch.tanh(obs[:, :4]), horizon, 15, 4)
+    torch.testing.assert_close(other["obs"][:count], out["obs"][:count], rtol=0, atol=0)
+    assert not torch.allclose(other["next_obs"][:count], out["next_obs"][:count])
+
+
+def test_history_windows_need_a_prompt_and_a_long_enough_episode():
+    history = hopper_history(episodes=1, steps=10)
+    rng = np.random.default_rng(0)
+    assert history.windows(3, 6, prompt_length=11, rng=rng) is None  # no episode as long as the prompt
+    assert history.windows(3, 11, prompt_length=4, rng=rng) is None  # no episode as long as the window
+    windows = history.windows(3, 6, prompt_length=4, rng=rng)
+    assert windows["obs"].shape == (3, 7, 15) and windows["prompt_obs"].shape == (3, 4, 15)
+
+
+# --- the world model is held out of policy learning ----------------------------------------
+
+
+def test_adaptation_leaves_the_world_model_unchanged():
+    model = tiny_model()
+    before = snapshot(model)
+    result = adapt(HOPPER, tiny_config(), model, use_model=True, seed=0, progress=False)
+    assert result.imagined > 0  # the model was used
+    assert changed(before, model.state_dict()) == []
+    assert math.isfinite(result.score) and result.use_model
+
+
+def test_fine_tuning_trains_the_world_model():
+    model = tiny_model()
+    before = snapshot(model)
+    adapt(HOPPER, tiny_config(fine_tune=True), model, use_model=True, seed=0, progress=False)
+    names = changed(before, model.state_dict())
+    assert any(name.startswith("world_model.") for name in names), names
+    assert not model.training  # handed back in evaluation mode
+
+
+def test_plain_sac_needs_no_model():
+    result = adapt(HOPPER, tiny_config(), None, use_model=False, seed=0, progress=False)
+    assert result.imagined == 0 and not result.use_model
+    assert result.eval_steps == [60] and math.isfinite(result.score)
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (ScenarioSpec("walker"), "'walker' is not one of the model's domains"),
+        (ScenarioSpec("hopper", obs_fn="add_dims"), r"\(obs, act\) dims .*obs_fn"),
+    ],
+)
+def test_a_target_the_model_cannot_read_is_refused(target, message):
+    with pytest.raises(ValueError, match=message):
+        adapt(target, tiny_config(), tiny_model(), use_model=True, progress=False)
+
+
+def test_adapting_with_the_model_needs_a_model():
+    with pytest.raises(ValueError, match="needs a trained model"):
+        adapt(HOPPER, tiny_config(), None, use_model=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        (dict(env_steps=0), "adaptation.env_steps"),
+        (dict(episode_steps=0), "adaptation.episode_steps"),
+        (dict(horizon=0), "adaptation.horizon"),
+        (dict(rollout_every=-1), "adaptation.rollout_every"),
+        (dict(rollout_batch=0), "adaptation.rollout_batch"),
+        (dict(model_pool_rounds=0), "adaptation.model_pool_rounds"),
+        (dict(warmup_steps=-1), "adaptation.warmup_steps"),
+        (dict(updates_per_step=-1), "adaptation.updates_per_step"),
+        (dict(eval_every=-5), "adaptation.eval_every"),
+        (dict(eval_episodes=0), "adaptation.eval_episodes"),
+        (dict(real_ratio=0.0), "adaptation.real_ratio"),
+        (dict(real_ratio=1.5), "adaptation.real_ratio"),
+        (dict(history_length=30), "adaptation.history_length"),
+    ],
+)
+def test_bad_adaptation_settings_name_their_key(changes, key):
+    with pytest.raises(ValueError, match=key):
+        tiny_config(**changes)
+
+
+# --- the model pool feeds SAC ------------------------------------------------------------
+
+
+def expected_rounds(config: AdaptationConfig) -> int:
+    """Rollout rounds: at the first learning step, then every `rollout_every` real steps."""
+    return len(range(config.warmup_steps + 1, config.env_steps + 1, config.rollout_every))
+
+
+@pytest.mark.parametrize("use_model", [True, False])
+def test_the_model_pool_feeds_sac(monkeypatch, use_model):
+    config = tiny_config()
+    rollouts, batches = [], []
+    original_imagine, original_update = loop.imagine, SAC.update
+
+    def recording_imagine(*args, **kwargs):
+        rollouts.append(original_imagine(*args, **kwargs))
+        return rollouts[-1]
+
+    def recording_update(agent, batch):
+        batches.append((len(rollouts), {key: value.clone() for key, value in batch.items()}))
+        return original_update(agent, batch)
+
+    monkeypatch.setattr(loop, "imagine", recording_imagine)
+    monkeypatch.setattr(SAC, "update", recording_update)
+    result = adapt(HOPPER, config, tiny_model() if use_model else None, use_model=use_model, seed=1, progress=False)
+
+    assert len(batches) == (config.env_steps - config.warmup_steps) * config.updates_per_step
+    if not use_model:
+        assert result.imagined == 0 and rollouts == []
+        return
+    rounds = expected_rounds(config)
+    assert rounds == 4
+    assert len(rollouts) == rounds
+    assert result.imagined == rounds * config.rollout_batch * config.horizon
+    # Every SAC batch after the first round is imagined but for ceil(real_ratio · batch) real rows;
+    # imagined next observations are decoded ones, which no real transition has.
+    imagined = {row.numpy().tobytes() for out in rollouts for row in out["next_obs"]}
+    n_real = math.ceil(config.real_ratio * config.sac.batch_size)
+    for after_rounds, batch in batches:
+        from_model = sum(row.numpy().tobytes() in imagined for row in batch["next_obs"])
+        assert from_model == (config.sac.batch_size - n_real if after_rounds else 0)
+
+
+# --- target names ------------------------------------------------------------------------
+
+
+def test_resolve_targets_names_one_scenario_per_domain():
+    scenarios = MetaScenarioSet(domains=("hopper", "walker", "cheetah"), num_test_ood=2)
+    targets = resolve_targets(scenarios, ["test_ood/*/0"])
+    assert list(targets) == ["test_ood/hopper-0", "test_ood/walker-0", "test_ood/cheetah-0"]
+    drawn = scenarios.draw("test_ood")
+    for domain in ("hopper", "walker", "cheetah"):
+        assert targets[f"test_ood/{domain}-0"] == [s for s in drawn if s.domain == domain][0]
+    second = resolve_targets(scenarios, ["test_ood/walker/1", "val/cheetah/0"])
+    assert second == {
+        "test_ood/walker-1": [s for s in drawn if s.domain == "walker"][1],
+        "val/cheetah-0": [s for s in scenarios.draw("val") if s.domain == "cheetah"][0],
+    }
+
+
+@pytest.mark.parametrize(
+    "selector, message",
+    [
+        ("test_ood/hopper", "SPLIT/DOMAIN/INDEX"),
+        ("test_ood/hopper/0/1", "SPLIT/DOMAIN/INDEX"),
+        ("holdout/hopper/0", "SPLIT/DOMAIN/INDEX"),
+        ("test_ood/walker/0", "'walker' is not one of"),
+        ("test_ood/dog/0", "'dog' is not one of"),
+        ("test_ood/hopper/2", r"index must be in 0\.\.1"),
+        ("test_ood/hopper/-1", r"index must be in 0\.\.1"),
+        ("test_ood/*/x", r"index must be in 0\.\.1"),
+    ],
+)
+def test_resolve_targets_rejects_bad_selectors(selector, message):
+    scenarios = MetaScenarioSet(domains=("hopper", "cheetah"), num_test_ood=2)
+    with pytest.raises(ValueError, match=message):
+        resolve_targets(scenarios, [selector])
+
+
+# --- every adaptation starts from the same weights -----------------------------------------
+
+
+def mutating_adapt(starts: list):
+    """A stand-in for `adapt` that records the weights it is given, then fine-tunes them (a change)."""
+
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+        if use_model:
+            starts.append(snapshot(module))
+            with torch.no_grad():
+                for parameter in module.parameters():
+                    parameter.add_(1.0)
+        return loop.AdaptationResult(target, use_model, 1.0, [config.env_steps], [1.0], 0, 0.0, None)
+
+    return fake
+
+
+def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
+    from callbacks import ScenarioAdaptation
+    from callbacks import adaptation as callback_module
+
+    starts = []
+    monkeypatch.setattr(callback_module, "adapt", mutating_adapt(starts))
+    model = tiny_model()
+    before = snapshot(model)
+    logged = []
+    scenarios = MetaScenarioSet(domains=("hopper", "cheetah"), num_val=1)
+    trainer = types.SimpleNamespace(
+        datamodule=types.SimpleNamespace(hparams=types.SimpleNamespace(dataset=types.SimpleNamespace(scenarios=scenarios))),
+        loggers=[types.SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))],
+        global_step=7,
+    )
+    callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune=True))
+    metrics = callback._run(trainer, model, callback.targets)
+
+    assert metrics == {"adapt/val/hopper-0/score": 1.0, "adapt/val/cheetah-0/score": 1.0}
+    assert logged == [(metrics, 7)]
+    assert len(starts) == 2 and all(changed(before, start) == [] for start in starts)
+    assert changed(before, model.state_dict()) == []  # training never sees the adaptation
+
+
+# --- inside `fit`, and `mrcom adapt` -------------------------------------------------------
+
+TINY_ADAPT_ARGS = {
+    "env_steps": 200,
+    "warmup_steps": 100,
+    "episode_steps": 50,
+    "rollout_every": 50,
+    "rollout_batch": 20,
+    "eval_episodes": 1,
+    "updates_per_step": 1,
+    "history_length": 8,
+    "sac.hidden_dim": 64,
+    "sac.batch_size": 64,
+}
+
+
+def mrcom(cwd: Path, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "mrcom_lightning.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, f"mrcom exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result
+
+
+def mlflow_client(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns.db'}")
+
+
+@pytest.fixture(scope="module")
+def fit_with_adaptation(tmp_path_factory) -> Path:
+    """`mrcom fit --config configs/quick.yaml` with the adaptation callback at a tiny budget."""
+    cwd = tmp_path_factory.mktemp("adapt-fit")
+    overrides = [item for key, value in TINY_ADAPT_ARGS.items() for item in (f"--trainer.callbacks.adaptation.{key}", value)]
+    mrcom(cwd, "fit", "--config", QUICK, "--data.dataset.root", cwd / "data", "--trainer.enable_progress_bar", "false",
+          "--trainer.callbacks+=callbacks.ScenarioAdaptation", *overrides)
+    return cwd
+
+
+@pytest.mark.slow
+def test_fit_logs_adaptation_scores_to_mlflow(fit_with_adaptation):
+    client = mlflow_client(fit_with_adaptation)
+    experiment = client.get_experiment_by_name(QUICK_CONFIG["trainer"]["logger"]["init_args"]["experiment_name"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    trainer = QUICK_CONFIG["trainer"]
+    validations = list(range(trainer["val_check_interval"], trainer["max_steps"] + 1, trainer["val_check_interval"]))
+    for domain in QUICK_CONFIG["data"]["dataset"]["scenarios"]["domains"]:
+        history = client.get_metric_history(runs[0].info.run_id, f"adapt/val/{domain}-0/score")
+        assert sorted(m.step for m in history) == validations, domain
+        assert all(0.0 <= m.value <= 100.0 for m in history)
+
+
+@pytest.mark.slow
+def test_mrcom_adapt_scores_against_sac_and_logs_runs(fit_with_adaptation):
+    cwd = fit_with_adaptation
+    overrides = [item for key, value in TINY_ADAPT_ARGS.items() for item in (f"--adaptation.{key}", value)]
+    result = mrcom(cwd, "adapt", "--ckpt_path", "runs/quick/checkpoints/best.ckpt", "--target", "[test_ood/hopper/0]",
+                   "--progress", "false", *overrides)
+    rows = [line.split() for line in result.stdout.strip().splitlines()[-2:]]
+    assert [row[:3] for row in rows] == [["test_ood/hopper-0", "mrcom", "0"], ["test_ood/hopper-0", "sac", "0"]]
+    assert all(0.0 <= float(row[3]) <= 100.0 for row in rows)
+
+    client = mlflow_client(cwd)
+    runs = client.search_runs([client.get_experiment_by_name("adapt").experiment_id])
+    assert sorted(r.data.params["method"] for r in runs) == ["mrcom", "sac"]
+    for run in runs:
+        assert run.data.params["target"] == "test_ood/hopper-0" and run.data.params["adaptation.env_steps"] == "200"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "adapt/test_ood/hopper-0/score")] == [200]
+
+
+@pytest.mark.slow
+def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, monkeypatch):
+    from mrcom_lightning.adaptation import cli
+
+    starts = []
+    monkeypatch.setattr(cli, "adapt", mutating_adapt(starts))
+    cwd = fit_with_adaptation
+    cli.adapt_main([
+        "--ckpt_path", str(cwd / "runs/quick/checkpoints/best.ckpt"), "--target", "[test_ood/hopper/0, test_ood/walker/0]",
+        "--seeds", "[0, 1]", "--baseline", "false", "--adaptation.fine_tune", "true", "--progress", "false",
+        "--tracking_uri", f"sqlite:///{cwd / 'mutating.db'}",
+    ])
+    assert len(starts) == 4
+    assert all(changed(starts[0], start) == [] for start in starts[1:])
+
+
+# --- adaptation learns -------------------------------------------------------------------
