@@ -1,218 +1,47 @@
-"""`mrcom`: the LightningCLI for fit / validate / test / predict, plus the `collect`, `adapt`, `compare` and `sweep` tools."""
+"""`mrcom`: one command for the whole workflow.
+
+`fit`, `validate`, `test` and `predict` are the LightningCLI of the world model; `collect`,
+`adapt`, `compare` and `sweep` are tools with jsonargparse command lines of their own. Each is
+imported only when asked for, so `mrcom collect` (and the processes it spawns) never pay for
+importing Lightning.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
+import importlib
 import sys
-import tempfile
-import warnings
-from pathlib import Path
 
-import torch
-import yaml
-from jsonargparse import namespace_to_dict
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+TOOLS = {
+    "collect": ("mrcom_lightning.data.cli", "collect_main"),
+    "adapt": ("mrcom_lightning.adaptation.cli", "adapt_main"),
+    "compare": ("mrcom_lightning.compare", "compare_main"),
+    "sweep": ("mrcom_lightning.sweep", "sweep_main"),
+}
+USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep} [options]
 
-from mrcom_lightning.module import MrCoM
+  fit        train the world model (collects the dataset if it is missing)
+  validate   validation metrics of a checkpoint
+  test       in- and out-of-distribution prediction errors (and adaptation scores) of a checkpoint
+  predict    predictions of a checkpoint
+  collect    collect behaviour episodes (resumable)
+  adapt      adapt a trained world model to target scenarios, against plain SAC
+  compare    MLflow runs as the paper's tables and plots
+  sweep      a grid of config variants x seeds, fitted and tested
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # MLflow 3 deprecates the file store
-DEFAULT_ARTIFACTS = "mlruns-artifacts"
-EVAL_COMMANDS = ("validate", "test", "predict")
-CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", "accelerator")
-
-
-class SaveConfig(SaveConfigCallback):
-    """Writes the resolved config beside the checkpoints and logs it as an MLflow artifact.
-
-    Lightning's own callback asserts `trainer.log_dir`, which an MLflow logger on an SQLite
-    store does not have (DESIGN.md §8).
-    """
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.already_saved or not trainer.is_global_zero:
-            return
-        folder = Path(trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"config-{getattr(stage, 'value', stage)}.yaml"
-        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-        self.already_saved = True
-        for logger in trainer.loggers:
-            if hasattr(logger, "run_id") and hasattr(logger.experiment, "log_artifact"):
-                logger.experiment.log_artifact(logger.run_id, str(path))
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        # What `mrcom test --ckpt_path ...` without --config needs besides the hyperparameters.
-        config = namespace_to_dict(self.config)
-        trainer_config = config.get("trainer", {})
-        checkpoint["mrcom_trainer"] = {k: trainer_config[k] for k in CARRIED_TRAINER_KEYS if k in trainer_config}
-        checkpoint["mrcom_seed"] = config.get("seed_everything")
-
-
-class MrCoMCLI(LightningCLI):
-    """LightningCLI with the datamodule's dims linked into the model and a torch thread setting."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--threads",
-            type=int,
-            default=1,
-            help="torch intra-op threads; 1 is fastest for these small ops on a CPU (benchmarks/README.md)",
-        )
-        parser.link_arguments("data.domain_dims", "model.domain_dims", apply_on="instantiate")
-        parser.link_arguments("data.num_scenarios", "model.num_scenarios", apply_on="instantiate")
-        parser.link_arguments("data.prompt_length", "model.world_model.context_length")
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        if config.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {config.threads}")
-        torch.set_num_threads(config.threads)
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning would re-read only the model's hyperparameters here, and turns the dataclass
-        # settings back into defaults; `config_from_checkpoint` has already given model and data.
-        return
-
-    def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except ValueError as err:  # a value the types allow but a class rejects: report it as a usage error
-            self.parser.error(str(err))
-
-    def _fix_checkpoint_dirs(self) -> None:
-        # A fixed directory is what lets `--ckpt_path last` find the previous run's checkpoint:
-        # with MLflow each run gets a new id, and so would a logger-derived path.
-        for callback in self.trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
-
-    def before_fit(self) -> None:
-        self._fix_checkpoint_dirs()
-
-    def before_validate(self) -> None:
-        self._fix_checkpoint_dirs()
-
-    def before_test(self) -> None:
-        self._fix_checkpoint_dirs()
-
-    def after_fit(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        for callback in self.trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.filename in ("best", "last"):
-                path = callback.best_model_path
-                if not path and callback.dirpath:
-                    # ddp_spawn hands only the first checkpoint callback's path back from its workers.
-                    written = Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
-                    path = str(written) if written.is_file() else ""
-                print(f"{callback.filename} checkpoint: {path or '(none yet)'}")
-
-
-def trainer_defaults() -> dict:
-    return {
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.MLFlowLogger",
-            "init_args": {
-                "experiment_name": "mrcom",
-                "tracking_uri": DEFAULT_TRACKING_URI,
-                "artifact_location": DEFAULT_ARTIFACTS,
-            },
-        },
-        # Persistent: every run keeps best.ckpt (lowest val/loss) and last.ckpt in a fixed folder.
-        # Two callbacks: Lightning 2.6 writes `save_last` only when a top-k checkpoint is saved at
-        # the same step, so last.ckpt would be a copy of best.ckpt and a resume would go back to
-        # the best step. The unmonitored one overwrites last.ckpt after every validation.
-        "callbacks": [
-            ModelCheckpoint(
-                filename="best", monitor="val/loss", mode="min", save_top_k=1, enable_version_counter=False
-            ),
-            ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False),
-        ],
-        "max_steps": 1000,
-        "val_check_interval": 250,
-        "check_val_every_n_epoch": None,
-        "default_root_dir": "runs/default",
-    }
-
-
-def _plain(value):
-    """Dataclasses, tuples and mappings as plain YAML-safe data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def config_from_checkpoint(argv: list[str]) -> list[str]:
-    """For validate/test/predict with `--ckpt_path` and no `--config`: the settings the
-    checkpoint carries (model and datamodule hyperparameters) as a config file."""
-    if not argv or argv[0] not in EVAL_COMMANDS or any(a == "--config" or a.startswith("--config=") for a in argv):
-        return argv
-    ckpt_path = None
-    for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            ckpt_path = argv[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            ckpt_path = arg.split("=", 1)[1]
-    if ckpt_path is None:
-        return argv
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"mrcom {argv[0]}: checkpoint {ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    config = {}
-    for key, section in (("hyper_parameters", "model"), ("datamodule_hyper_parameters", "data")):
-        hparams = {k: v for k, v in dict(checkpoint.get(key, {})).items() if not k.startswith("_")}
-        if section == "model":  # linked from the datamodule, not settable
-            hparams = {k: v for k, v in hparams.items() if k not in ("domain_dims", "num_scenarios")}
-        config[section] = _plain(hparams)
-    if "mrcom_trainer" in checkpoint:
-        config["trainer"] = checkpoint["mrcom_trainer"]
-    if checkpoint.get("mrcom_seed") is not None:
-        config["seed_everything"] = checkpoint["mrcom_seed"]
-    handle, path = tempfile.mkstemp(prefix="mrcom-ckpt-config-", suffix=".yaml")
-    with os.fdopen(handle, "w") as f:
-        yaml.safe_dump(config, f)
-    return [argv[0], "--config", path, *argv[1:]]
+`mrcom SUBCOMMAND --help` lists every option."""
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "collect":
-        from mrcom_lightning.data.cli import collect_main
+    if argv and argv[0] in TOOLS:
+        module, function = TOOLS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+        print(USAGE)
+        return
+    from mrcom_lightning.lightning_cli import run
 
-        return collect_main(argv[1:])
-    if argv and argv[0] == "adapt":
-        from mrcom_lightning.adaptation.cli import adapt_main
-
-        return adapt_main(argv[1:])
-    if argv and argv[0] == "compare":
-        from mrcom_lightning.compare import compare_main
-
-        return compare_main(argv[1:])
-    if argv and argv[0] == "sweep":
-        from mrcom_lightning.sweep import sweep_main
-
-        return sweep_main(argv[1:])
-    from datamodules import MultiScenarioDataModule
-
-    # `args` carries the command line (plus a config from the checkpoint): not a mistake.
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    MrCoMCLI(
-        MrCoM,
-        MultiScenarioDataModule,
-        args=config_from_checkpoint(argv),
-        trainer_defaults=trainer_defaults(),
-        save_config_callback=SaveConfig,
-        save_config_kwargs={"overwrite": True},
-        # Hyperparameters stay the objects `__init__` received (dataclass settings included).
-        load_from_checkpoint_support=False,
-        parser_kwargs={"description": "MrCoM: train and evaluate a unified world model across MuJoCo scenarios."},
-    )
+    run(argv)
 
 
 if __name__ == "__main__":

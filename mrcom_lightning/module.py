@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
@@ -122,6 +120,17 @@ class MrCoM(L.LightningModule):
         self.log("train/loss", terms["total"].detach(), prog_bar=True)
         return terms["total"]
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+        if norm is not None:
+            if not torch.isfinite(norm):
+                raise FloatingPointError(
+                    f"train/grad_norm is {norm.item()} at step {self.global_step}: stopping before the weights "
+                    "are updated and checkpointed (try a lower model.lr or trainer.gradient_clip_val)"
+                )
+            self.log("train/grad_norm", norm)
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.world_model.scenario_values is not None:
             self.world_model.scenario_values.update_target(self.hparams.value_tau)
@@ -160,10 +169,3 @@ class MrCoM(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def on_save_checkpoint(self, checkpoint) -> None:
-        checkpoint["mrcom_version"] = 1
-
-    @property
-    def log_every(self) -> int:
-        return max(1, int(math.sqrt(self.trainer.max_steps))) if self.trainer.max_steps > 0 else 50

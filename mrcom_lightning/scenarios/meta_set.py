@@ -51,24 +51,24 @@ class MetaScenarioSet:
         object.__setattr__(self, "domains", tuple(self.domains))
         object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
         if not self.domains:
-            raise ValueError("domains must name at least one domain, got an empty list")
+            raise ValueError("scenarios.domains must name at least one domain, got an empty list")
         for domain in self.domains:
             if domain not in DOMAINS:
-                raise ValueError(f"domains: unknown domain {domain!r}; allowed: {sorted(DOMAINS)}")
+                raise ValueError(f"scenarios.domains: unknown domain {domain!r}; allowed: {sorted(DOMAINS)}")
         if self.alpha is not None and not 0.0 < self.alpha < 0.5:
-            raise ValueError(f"alpha must be in (0, 0.5) (or null for fixed dynamics), got {self.alpha!r}")
+            raise ValueError(f"scenarios.alpha must be in (0, 0.5) (or null for fixed dynamics), got {self.alpha!r}")
         if len(self.beta) != 2:
-            raise ValueError(f"beta must be a pair (beta_lo, beta_hi), got {self.beta!r}")
+            raise ValueError(f"scenarios.beta must be a pair (beta_lo, beta_hi), got {self.beta!r}")
         lo, hi = self.beta
         if lo <= 0:
-            raise ValueError(f"beta must be positive: beta_lo > 0, got beta=({lo}, {hi})")
+            raise ValueError(f"scenarios.beta must be positive: beta_lo > 0, got beta=({lo}, {hi})")
         if hi < lo:
-            raise ValueError(f"beta is an empty range: beta_hi must be >= beta_lo, got beta=({lo}, {hi})")
+            raise ValueError(f"scenarios.beta is an empty range: beta_hi must be >= beta_lo, got beta=({lo}, {hi})")
         if self.obs_fn not in OBS_FNS:
-            raise ValueError(f"obs_fn must be one of {list(OBS_FNS)}, got {self.obs_fn!r}")
+            raise ValueError(f"scenarios.obs_fn must be one of {list(OBS_FNS)}, got {self.obs_fn!r}")
         for name in ("num_train", "num_test_id", "num_test_ood", "num_val"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"scenarios.{name} must be >= 0, got {getattr(self, name)!r}")
 
     def _rng(self, split: str, domain: str) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLITS.index(split), sorted(DOMAINS).index(domain)])
