@@ -1,0 +1,77 @@
+"""`mrcom compare`: exact table cells from known MLflow runs, written tables and plots."""
+
+from __future__ import annotations
+
+import csv
+
+import mlflow
+import numpy as np
+import pytest
+
+from mrcom_lightning.cli import main
+
+# (method, seed) -> value of test_id/<domain>/open_loop_mse for hopper and walker
+KNOWN = {
+    ("mrcom", 0): (1.0, 4.0),
+    ("mrcom", 1): (2.0, 6.0),
+    ("mrcom", 2): (4.5, 8.0),
+    ("rssm", 0): (3.0, 10.0),
+    ("rssm", 1): (5.0, 11.0),
+}
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("multi")
+    for (method, seed), (hopper, walker) in KNOWN.items():
+        with mlflow.start_run(tags={"method": method}):
+            mlflow.log_param("seed", seed)
+            mlflow.log_metric("test_id/hopper/open_loop_mse", hopper)
+            mlflow.log_metric("test_id/walker/open_loop_mse", walker)
+            for step in range(3):
+                mlflow.log_metric("val/loss", 10.0 - step - seed, step=step * 10)
+    with mlflow.start_run(tags={"method": "other"}):  # a run without the metric is left out
+        mlflow.log_metric("val/loss", 1.0)
+    mlflow.set_experiment("elsewhere")
+    with mlflow.start_run(tags={"method": "mrcom"}):  # another experiment is not read
+        mlflow.log_metric("test_id/hopper/open_loop_mse", 100.0)
+    return uri
+
+
+def test_table_has_exact_means_and_stds(store, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--out", str(out), "--precision", "3"])
+    printed = capsys.readouterr().out
+    hopper_mrcom = [1.0, 2.0, 4.5]
+    assert f"{np.mean(hopper_mrcom):.3f} ± {np.std(hopper_mrcom):.3f}" in printed
+    assert "| walker | 6.000 ± 1.633 | 10.500 ± 0.500 |" in printed
+    rows = {(r["domain"], r["column"]): r for r in csv.DictReader((out / "table.csv").open())}
+    assert set(rows) == {("hopper", "mrcom"), ("hopper", "rssm"), ("walker", "mrcom"), ("walker", "rssm")}
+    assert float(rows["hopper", "mrcom"]["mean"]) == pytest.approx(np.mean(hopper_mrcom), abs=1e-12)
+    assert float(rows["hopper", "mrcom"]["std"]) == pytest.approx(np.std(hopper_mrcom), abs=1e-12)
+    assert float(rows["hopper", "rssm"]["mean"]) == 4.0 and float(rows["hopper", "rssm"]["std"]) == 1.0
+    assert int(rows["walker", "mrcom"]["runs"]) == 3
+    assert (out / "table.md").read_text().strip() in printed
+    for plot in ("scores.png", "curves.png"):
+        data = (out / plot).read_bytes()
+        assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_filter_and_columns(store, tmp_path, capsys):
+    main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--filter", "tags.method = 'rssm'",
+          "--columns", "params.seed", "--out", str(tmp_path / "cmp")])
+    printed = capsys.readouterr().out
+    assert "| hopper | 3.00 ± 0.00 | 5.00 ± 0.00 |" in printed
+
+
+def test_missing_metric_or_field_is_a_usage_error(store, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--metric", "test_id/{domain}/nope",
+              "--out", str(tmp_path / "x")])
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--columns", "tags.variant",
+              "--out", str(tmp_path / "x")])
+    assert "tags.variant" in capsys.readouterr().err
