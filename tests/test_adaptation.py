@@ -4,6 +4,7 @@ the callback inside `fit`, `mrcom adapt`, and adaptation that beats a random pol
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import subprocess
@@ -18,7 +19,7 @@ import yaml
 
 from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, model_batch, resolve_targets, score_of
 from mrcom_lightning.adaptation import loop
-from mrcom_lightning.agents import EVAL_SEED, SAC, SACConfig
+from mrcom_lightning.agents import SAC, SACConfig
 from mrcom_lightning.models import WorldModelConfig
 from mrcom_lightning.module import MrCoM
 from mrcom_lightning.scenarios import MetaScenarioSet, ScenarioSpec, make_env
@@ -178,7 +179,7 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(env_steps=0), "adaptation.env_steps"),
         (dict(episode_steps=0), "adaptation.episode_steps"),
         (dict(horizon=0), "adaptation.horizon"),
-        (dict(rollout_every=-1), "adaptation.rollout_every"),
+        (dict(rollout_every=0), "adaptation.rollout_every"),
         (dict(rollout_batch=0), "adaptation.rollout_batch"),
         (dict(model_pool_rounds=0), "adaptation.model_pool_rounds"),
         (dict(warmup_steps=-1), "adaptation.warmup_steps"),
@@ -404,3 +405,74 @@ def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, m
 
 
 # --- adaptation learns -------------------------------------------------------------------
+
+# Cheetah at a tenth of its top speed (1 m/s), 200-step episodes. Measured on a busy 2-core CPU
+# (~70 s): MrCoM scored 36.6 and 24.1 (seeds 0, 1) where random actions score 4.4 and 3.7; with
+# another data and model seed, 19.1 and 15.4. A model trained on random-action data alone stays
+# below the random policy at this budget: it has never seen the reward of moving forward.
+LEARN_TARGET = ScenarioSpec("cheetah", target_speed=0.1, seed=5)
+LEARN = AdaptationConfig(
+    env_steps=5000, episode_steps=200, warmup_steps=200, updates_per_step=1, rollout_every=100, rollout_batch=100,
+    history_length=8, eval_episodes=3, sac=SACConfig(hidden_dim=64, batch_size=128, warmup_steps=0),
+)
+SMALL = WorldModelConfig(
+    embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=8, context_length=8, heads=4, reward_bins=63
+)
+
+
+def model_trained_on_the_target(data_steps: int = 5000, model_steps: int = 1000) -> MrCoM:
+    """A MrCoM trained on the target's own data: the replay of a short SAC run on it (random actions
+    first, then ever better ones: the `mix` behaviour of DESIGN.md §3), cut into windows with
+    prompts the way adaptation cuts them."""
+    from mrcom_lightning.agents import train_sac
+
+    run = train_sac(
+        lambda i: make_env(LEARN_TARGET, seed=10_000 + i, episode_steps=LEARN.episode_steps), data_steps,
+        dataclasses.replace(LEARN.sac, warmup_steps=1000), seed=123, eval_every=0, eval_episodes=1, progress=False,
+    )
+    history = RealHistory(17, 6)
+    history.episodes = [{key: episode[key] for key in ("obs", "action", "reward")} for episode in run.replay.episodes()]
+    torch.manual_seed(0)
+    module = MrCoM(world_model=SMALL, domain_dims={"cheetah": (17, 6)}, num_scenarios=1, lr=2e-3)
+    optimizer = module.configure_optimizers()
+    rng = np.random.default_rng(0)
+    for _ in range(model_steps):
+        batch = model_batch(history.windows(32, LEARN.history_length, SMALL.context_length, rng), 0, 17, 6, "cpu")
+        terms, _ = module.losses(batch)
+        optimizer.zero_grad()
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 100.0)
+        optimizer.step()
+    return module.eval()
+
+
+class RandomPolicy:
+    """Uniform random actions, in the agent interface that `evaluate` drives."""
+
+    def __init__(self, act_dim: int, seed: int):
+        self.act_dim, self.rng = act_dim, np.random.default_rng(seed)
+
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        return self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_adaptation_with_a_model_of_the_target_beats_a_random_policy(monkeypatch):
+    module = model_trained_on_the_target()
+    evaluations = []
+    original_evaluate = loop.evaluate
+
+    def recording_evaluate(agent, make_env_fn, episodes, *args, **kwargs):
+        evaluations.append((make_env_fn, episodes))
+        return original_evaluate(agent, make_env_fn, episodes, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", recording_evaluate)
+    for seed in (0, 1):
+        evaluations.clear()
+        result = adapt(LEARN_TARGET, LEARN, copy.deepcopy(module), use_model=True, seed=seed, progress=False)
+        assert result.imagined > 0
+        # The random policy plays the very evaluation episodes the adapted agent was scored on.
+        (make_env_fn, episodes), = evaluations
+        random_score = score_of(original_evaluate(RandomPolicy(6, seed), make_env_fn, episodes), LEARN.episode_steps)
+        assert result.score > 2 * random_score, f"seed {seed}: adapted {result.score:.2f}, random {random_score:.2f}"
