@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -158,6 +159,19 @@ class MultiScenarioDataModule(L.LightningDataModule):
             sequence_length=hp.sequence_length,
             prompt_length=hp.prompt_length,
         )
+
+    def observation_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of every observation dim over each domain's training episodes, `[domains, O_max]`
+        in domain-id order (0 and 1 on padding). Every rank computes the same from the same files."""
+        train = self.episodes("train")
+        mean = np.zeros((len(train.domain_dims), train.obs_max), np.float64)
+        std = np.ones_like(mean)
+        for d, scenarios in enumerate(train.domain_scenarios):
+            episodes = sorted({int(e) for s in scenarios for e in train.windows[s]})
+            obs = np.concatenate([train.obs[e] for e in episodes])[:, : train.domain_dims[d][0]]
+            mean[d, : obs.shape[1]] = obs.mean(0)
+            std[d, : obs.shape[1]] = obs.std(0)
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def train_stream(self, rank: int = 0, world_size: int = 1) -> TrainStream:
         """The training stream of one rank (the loader's dataset)."""

@@ -14,7 +14,6 @@ from mrcom_lightning.models import (
     WorldModelConfig,
     WorldModelLoss,
 )
-from mrcom_lightning.models.layers import symexp
 
 TEST_SPLITS = ("test_id", "test_ood")
 
@@ -88,6 +87,18 @@ class MrCoM(L.LightningModule):
         self.mv_loss = MetaValueLoss() if w_mv > 0 else None
         self.metrics = torch.nn.ModuleDict({split: PredictionMetrics(self.domains) for split in ("val",) + TEST_SPLITS})
 
+    def on_fit_start(self) -> None:
+        wm = self.world_model
+        if wm.config.obs_normalization == "standardize" and not bool(wm.obs_statistics_set):
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "observation_statistics"):
+                raise ValueError(
+                    "model.world_model.obs_normalization=standardize needs the training data's statistics: "
+                    "fit with MultiScenarioDataModule, or choose symlog"
+                )
+            mean, std = datamodule.observation_statistics()
+            wm.set_observation_statistics(mean, std)
+
     def configure_model(self) -> None:
         if self.hparams.compile:
             self.world_model.compile()
@@ -139,7 +150,7 @@ class MrCoM(L.LightningModule):
         terms, observation = self.losses(batch)
         wm, domain, metrics = self.world_model, batch["domain"], self.metrics[split]
         features = observation.latents.features
-        obs_error = (symexp(wm.decode(features, domain)) - batch["obs"]) ** 2
+        obs_error = (wm.denormalize_obs(wm.decode(features, domain), domain) - batch["obs"]) ** 2
         metrics.update("obs_mse", obs_error, domain, self.obs_dims)
         reward = wm.twohot.mean(wm.reward_logits(features[:, 1:]))
         metrics.update("reward_mse", ((reward - batch["reward"]) ** 2).mean(1), domain, self.obs_dims)

@@ -326,3 +326,25 @@ def test_ddp_two_processes_train_and_validate(dataset, tmp_path):
     fit.fit(TinyModel(17, str(tmp_path)), datamodule=make(dataset))
     markers = sorted(p.name for p in tmp_path.iterdir())
     assert markers == [f"val-rank{r}-step2-{i}" for r in range(2) for i in range(2)], markers
+
+
+def test_observation_statistics_reach_a_standardizing_model(dataset, tmp_path):
+    from mrcom_lightning.models import WorldModelConfig
+    from mrcom_lightning.module import MrCoM
+
+    dm = make(dataset)
+    dm.setup("fit")
+    mean, std = dm.observation_statistics()
+    train = dm.episodes("train")
+    for d, (obs_dim, _) in enumerate(train.domain_dims):
+        episodes = sorted({int(e) for s in train.domain_scenarios[d] for e in train.windows[s]})
+        obs = np.concatenate([train.obs[e] for e in episodes])[:, :obs_dim]
+        assert np.allclose(mean[d, :obs_dim], obs.mean(0), atol=1e-5)
+        assert np.allclose(std[d, :obs_dim], obs.std(0), atol=1e-5)
+        assert (mean[d, obs_dim:] == 0).all() and (std[d, obs_dim:] == 1).all()
+    tiny = WorldModelConfig(embed_dim=16, hidden_dim=32, stochastic_dim=8, deterministic_dim=16, auxiliary_dim=4,
+                            context_length=dm.hparams.prompt_length, heads=4, reward_bins=31, obs_normalization="standardize")
+    model = MrCoM(world_model=tiny, domain_dims=dm.domain_dims, num_scenarios=dm.num_scenarios)
+    trainer(max_steps=1, default_root_dir=tmp_path, limit_val_batches=0).fit(model, datamodule=dm)
+    assert bool(model.world_model.obs_statistics_set)
+    assert torch.allclose(model.world_model.obs_mean, torch.as_tensor(mean))

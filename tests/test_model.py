@@ -198,3 +198,28 @@ def test_bad_world_model_settings_name_their_key():
         WorldModelConfig(embed_dim=128, heads=3)
     with pytest.raises(ValueError, match="deterministic_dim"):
         WorldModelConfig(deterministic_dim=-1)
+
+
+def test_standardized_observations_use_the_datamodule_statistics():
+    model = make_model(world_model=dataclasses.replace(TINY, obs_normalization="standardize"))
+    wm = model.world_model
+    batch = synthetic_batch()
+    mean = torch.randn(2, 17)
+    std = torch.rand(2, 17) + 0.5
+    wm.set_observation_statistics(mean, std)
+    normalized = wm.normalize_obs(batch["obs"], batch["domain"])
+    row = 1  # domain 1
+    assert torch.allclose(normalized[row], (batch["obs"][row] - mean[1]) / std[1], atol=1e-6)
+    assert torch.allclose(wm.denormalize_obs(normalized, batch["domain"]), batch["obs"], atol=1e-5)
+    assert bool(wm.obs_statistics_set)
+    restored = make_model(world_model=dataclasses.replace(TINY, obs_normalization="standardize"))
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.world_model.obs_std, wm.obs_std)  # carried by checkpoints
+
+
+def test_symlog_observations_need_no_statistics():
+    wm = make_model().world_model
+    batch = synthetic_batch()
+    normalized = wm.normalize_obs(batch["obs"], batch["domain"])
+    assert torch.allclose(normalized, torch.sign(batch["obs"]) * torch.log1p(batch["obs"].abs()))
+    assert torch.allclose(wm.denormalize_obs(normalized, batch["domain"]), batch["obs"], atol=1e-5)

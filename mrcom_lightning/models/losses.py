@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from torch.distributions import Independent, kl_divergence
 
-from mrcom_lightning.models.layers import symlog
 from mrcom_lightning.models.world_model import Observation, WorldModel
 
 
@@ -34,8 +33,8 @@ def masked_sum(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class WorldModelLoss(nn.Module):
     """Eq. 10: L_wm = −log p(o_t | s_t) − log p(r_t | s_t) + KL(q(z_t)‖p(z_t)) + KL(q(u_t)‖p(u_t)).
 
-    −log p(o | s) is the squared error in symlog space (a unit Gaussian, DreamerV3), over the
-    domain's real dims; −log p(r | s) a two-hot cross-entropy, r_t predicted from s_{t+1}.
+    −log p(o | s) is a unit Gaussian in the normalised observation space (standardised per
+    domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a two-hot cross-entropy, r_t predicted from s_{t+1}.
     """
 
     def __init__(self, *, kl_dynamics: float = 0.5, kl_representation: float = 0.1, free_nats: float = 1.0):
@@ -46,7 +45,8 @@ class WorldModelLoss(nn.Module):
         latents = observation.latents
         features = latents.features
         prediction = model.decode(features, batch["domain"])
-        terms = {"obs": 0.5 * masked_sum((prediction - symlog(batch["obs"])) ** 2, batch["obs_mask"])}
+        target = model.normalize_obs(batch["obs"], batch["domain"])
+        terms = {"obs": 0.5 * masked_sum((prediction - target) ** 2, batch["obs_mask"])}
         terms["reward"] = model.twohot.nll(model.reward_logits(features[:, 1:]), batch["reward"]).mean()
         terms["kl_z"], terms["kl_z_value"] = balanced_kl(
             latents.posterior, latents.prior, self.kl_dynamics, self.kl_representation, self.free_nats

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mrcom_lightning.models.layers import mlp, symlog
+from mrcom_lightning.models.layers import mlp
 
 
 def per_domain(modules: nn.ModuleList, x: torch.Tensor, domain: torch.Tensor, in_dims, out_dim: int) -> torch.Tensor:
@@ -24,22 +24,20 @@ def per_domain(modules: nn.ModuleList, x: torch.Tensor, domain: torch.Tensor, in
 
 
 class DomainTokenizer(nn.Module):
-    """φ_k: a 3-layer ReLU MLP per domain from symlog observations (or actions) to an embedding."""
+    """φ_k: a 3-layer ReLU MLP per domain from (normalised) observations, or actions, to an embedding."""
 
-    def __init__(self, dims: list[int], embed_dim: int, hidden_dim: int, layers: int = 3, symlog_inputs: bool = True):
+    def __init__(self, dims: list[int], embed_dim: int, hidden_dim: int, layers: int = 3):
         super().__init__()
         self.dims = list(dims)
         self.embed_dim = embed_dim
-        self.symlog_inputs = symlog_inputs
         self.nets = nn.ModuleList(mlp(d, embed_dim, hidden_dim, layers) for d in self.dims)
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        x = symlog(x) if self.symlog_inputs else x
         return per_domain(self.nets, x, domain, self.dims, self.embed_dim)
 
 
 class DomainDecoder(nn.Module):
-    """The observation decoder p(o_t | z_t, h_t, u_t) per domain; predicts symlog(o), zero-padded."""
+    """The observation decoder p(o_t | z_t, h_t, u_t) per domain; predicts normalised o, zero-padded."""
 
     def __init__(self, dims: list[int], feature_dim: int, hidden_dim: int, layers: int = 3):
         super().__init__()
