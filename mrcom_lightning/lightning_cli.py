@@ -57,7 +57,8 @@ class MrCoMCLI(LightningCLI):
             "--threads",
             type=int,
             default=1,
-            help="torch intra-op threads; 1 is fastest for these small ops on a CPU (benchmarks/README.md)",
+            help="torch intra-op threads; 1 stays fast when other processes share the cores, 2 is faster on "
+            "an idle machine (benchmarks/README.md)",
         )
         parser.link_arguments("data.domain_dims", "model.domain_dims", apply_on="instantiate")
         parser.link_arguments("data.num_scenarios", "model.num_scenarios", apply_on="instantiate")
