@@ -348,3 +348,30 @@ def test_observation_statistics_reach_a_standardizing_model(dataset, tmp_path):
     trainer(max_steps=1, default_root_dir=tmp_path, limit_val_batches=0).fit(model, datamodule=dm)
     assert bool(model.world_model.obs_statistics_set)
     assert torch.allclose(model.world_model.obs_mean, torch.as_tensor(mean))
+
+
+def test_same_seed_gives_the_same_losses(dataset, tmp_path):
+    from mrcom_lightning.models import WorldModelConfig
+    from mrcom_lightning.module import MrCoM
+
+    def fit(seed: int) -> dict[str, torch.Tensor]:
+        L.seed_everything(seed)
+        dm = make(dataset, seed=seed)
+        tiny = WorldModelConfig(embed_dim=16, hidden_dim=32, stochastic_dim=8, deterministic_dim=16, auxiliary_dim=4,
+                                context_length=dm.hparams.prompt_length, heads=4, reward_bins=31)
+        model = MrCoM(world_model=tiny, domain_dims=dm.domain_dims, num_scenarios=dm.num_scenarios)
+        losses = []
+        update_targets = model.on_train_batch_end
+
+        def record(outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+            update_targets(outputs, batch, batch_idx)
+
+        model.on_train_batch_end = record
+        trainer(max_steps=5, default_root_dir=tmp_path / str(seed)).fit(model, datamodule=dm)
+        return {"losses": torch.tensor(losses), **{k: v.clone() for k, v in model.state_dict().items()}}
+
+    first, again, other = fit(0), fit(0), fit(1)
+    assert len(first["losses"]) == 5
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["losses"], other["losses"])
