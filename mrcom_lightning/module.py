@@ -173,10 +173,11 @@ class MrCoM(L.LightningModule):
         split = TEST_SPLITS[dataloader_idx]
         loss = self._evaluate(batch, split)
         self.log(f"{split}/loss", loss, sync_dist=True, add_dataloader_idx=False, batch_size=batch["obs"].shape[0])
-
-    def on_test_epoch_end(self) -> None:
-        for split in TEST_SPLITS:
-            self.log_dict(self.metrics[split].compute(split))
+        batches = self.trainer.num_test_batches
+        if dataloader_idx < len(batches) and batch_idx == batches[dataloader_idx] - 1:
+            # Logged at the split's last batch (every rank has as many), so each split's metrics
+            # are reported under its own dataloader; the metrics are already synchronised.
+            self.log_dict(self.metrics[split].compute(split), add_dataloader_idx=False, batch_size=1)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
