@@ -17,7 +17,9 @@ class ScenarioAdaptation(L.Callback):
     During `fit`, every `every_n_validations` validations (with the infinite training stream an
     epoch is one validation interval), on rank 0 only, each target gets
     `adapt/<split>/<domain>-<index>/score`; during `test`, the targets of the test splits do.
-    The adaptation runs on a copy of the model, so training never sees it.
+    The adaptation runs on a copy of the model, so training never sees it. Under DDP the other
+    ranks wait at their next collective meanwhile: keep one round of adaptation shorter than the
+    process group's timeout (30 minutes by default).
 
     Args:
         targets: scenarios as `SPLIT/DOMAIN/INDEX` of the datamodule's meta-scenario set (`*` = every domain).
