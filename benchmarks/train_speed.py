@@ -33,6 +33,7 @@ import time
 import torch
 
 from mrcom_lightning.models import WorldModelConfig
+from mrcom_lightning.models.synthetic import synthetic_batch as make_batch
 from mrcom_lightning.module import MrCoM
 
 # The datamodule's domain order (sorted names) and each domain's (observation, action) sizes.
@@ -43,37 +44,8 @@ PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float1
 
 
 def synthetic_batch(device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch in `datamodules.multi_scenario`'s format: smooth trajectories, padded per domain."""
-    g = torch.Generator().manual_seed(seed)
-    dims = list(DOMAIN_DIMS.values())
-    obs_max, act_max = max(o for o, _ in dims), max(a for _, a in dims)
-    domain = torch.arange(BATCH) % len(dims)  # B // n rows per domain, the remainder rotating
-    obs_mask, action_mask = torch.zeros(BATCH, obs_max), torch.zeros(BATCH, act_max)
-    for k, (o, a) in enumerate(dims):
-        obs_mask[domain == k, :o] = 1
-        action_mask[domain == k, :a] = 1
-
-    def trajectory(length: int):
-        phase = torch.rand(BATCH, 1, obs_max, generator=g) * 6.28
-        obs = torch.sin(torch.arange(length + 1).view(1, -1, 1) * 0.3 + phase) * obs_mask[:, None]
-        action = (torch.rand(BATCH, length, act_max, generator=g) * 2 - 1) * action_mask[:, None]
-        return obs, action, torch.sigmoid(obs[:, 1:, 0])
-
-    obs, action, reward = trajectory(STEPS)
-    prompt_obs, prompt_action, prompt_reward = trajectory(PROMPT)
-    batch = dict(
-        obs=obs,
-        action=action,
-        reward=reward,
-        terminal=torch.zeros(BATCH, STEPS, dtype=torch.bool),
-        obs_mask=obs_mask,
-        action_mask=action_mask,
-        domain=domain,
-        scenario=torch.randint(0, NUM_SCENARIOS, (BATCH,), generator=g),
-        prompt_obs=prompt_obs[:, :PROMPT],
-        prompt_action=prompt_action,
-        prompt_reward=prompt_reward,
-    )
+    """A batch in `datamodules.multi_scenario`'s format at the paper's sizes."""
+    batch = make_batch(DOMAIN_DIMS, BATCH, STEPS, PROMPT, NUM_SCENARIOS, seed)
     return {key: value.to(device) for key, value in batch.items()}
 
 
