@@ -318,7 +318,10 @@ def test_fit_resume_continues_the_stream(dataset, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_ddp_two_processes_train_and_validate(dataset, tmp_path):
+def test_ddp_two_processes_train_and_validate(dataset, tmp_path, monkeypatch):
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    monkeypatch.setenv("MASTER_PORT", str(find_free_network_port()))  # a fresh port for this run only
     fit = trainer(
         strategy="ddp_spawn", devices=2, max_steps=3, val_check_interval=2, limit_val_batches=2,
         check_val_every_n_epoch=None,
