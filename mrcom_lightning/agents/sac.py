@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrcom_lightning.models.layers import mlp  # one MLP builder for the world model and the agent
+
 # Soft bounds of the actor's log standard deviation (pytorch_sac / DrQ's choice).
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -72,16 +74,6 @@ class SACConfig:
         check("target_entropy", entropy is None or math.isfinite(entropy), "None or a finite float")
 
 
-def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Sequential:
-    """A ReLU multilayer perceptron with `hidden_layers` hidden layers of width `hidden_dim`."""
-    layers: list[nn.Module] = []
-    for _ in range(hidden_layers):
-        layers += [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
-        in_dim = hidden_dim
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
-
-
 class Actor(nn.Module):
     """The policy pi(a | s): a Gaussian squashed by tanh into [-1, 1] (Haarnoja et al. 2018, App C).
 
@@ -90,7 +82,7 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, hidden_layers: int = 2):
         super().__init__()
-        self.net = mlp(obs_dim, 2 * act_dim, hidden_dim, hidden_layers)
+        self.net = mlp(obs_dim, 2 * act_dim, hidden_dim, hidden_layers + 1)
 
     def forward(
         self,
@@ -121,8 +113,8 @@ class Critic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, hidden_layers: int = 2):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers)
-        self.q2 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers)
+        self.q1 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1)
+        self.q2 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, action], dim=-1)
