@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from mrcom_lightning.distributed import exit_cleanly
 from mrcom_lightning.metrics import PredictionMetrics
 from mrcom_lightning.models import (
     MetaStateLoss,
@@ -86,6 +87,9 @@ class MrCoM(L.LightningModule):
         self.value_loss = ValueLoss() if w_mv > 0 else None
         self.mv_loss = MetaValueLoss() if w_mv > 0 else None
         self.metrics = torch.nn.ModuleDict({split: PredictionMetrics(self.domains) for split in ("val",) + TEST_SPLITS})
+
+    def setup(self, stage: str) -> None:
+        exit_cleanly()  # a CPU (gloo) DDP run ends without an abort in gloo's threads
 
     def on_fit_start(self) -> None:
         wm = self.world_model

@@ -14,6 +14,7 @@ import torch
 from datamodules import MultiScenarioDataModule
 from mrcom_lightning.data import CorruptEpisodeError, Episode, EpisodeStore
 from mrcom_lightning.data.collect import DatasetConfig
+from mrcom_lightning.distributed import exit_cleanly
 from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet
 
 torch.set_num_threads(1)
@@ -267,6 +268,9 @@ class TinyModel(L.LightningModule):
         self.layer = torch.nn.Linear(obs_dim, 1)
         self.log_dir = log_dir
         self.seen: list[float] = []
+
+    def setup(self, stage: str) -> None:
+        exit_cleanly()  # as the world model does
 
     def loss(self, batch: dict) -> torch.Tensor:
         obs = batch["obs"] * batch["obs_mask"][:, None]
