@@ -15,11 +15,14 @@ from mrcom_lightning.models.layers import mlp
 
 
 def per_domain(modules: nn.ModuleList, x: torch.Tensor, domain: torch.Tensor, in_dims, out_dim: int) -> torch.Tensor:
-    """Applies `modules[k]` to the rows of domain k (first `in_dims[k]` dims), [B, ...] -> [B, ..., out_dim]."""
+    """Applies `modules[k]` to the rows of domain k (first `in_dims[k]` dims), [B, ...] -> [B, ..., out_dim].
+
+    The result has x's dtype; under autocast the modules' lower-precision outputs are cast to it.
+    """
     out = x.new_zeros(*x.shape[:-1], out_dim)
     for k, (module, in_dim) in enumerate(zip(modules, in_dims)):
         rows = (domain == k).nonzero(as_tuple=True)[0]
-        out[rows] = module(x[rows][..., :in_dim])
+        out[rows] = module(x[rows][..., :in_dim]).to(out.dtype)
     return out
 
 
@@ -46,8 +49,9 @@ class DomainDecoder(nn.Module):
         self.nets = nn.ModuleList(mlp(feature_dim, d, hidden_dim, layers) for d in self.dims)
 
     def forward(self, features: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        out = features.new_zeros(*features.shape[:-1], self.max_dim)
+        # At least float32: the reconstruction losses read it (autocast computes the nets in bf16).
+        out = features.new_zeros(*features.shape[:-1], self.max_dim, dtype=torch.promote_types(features.dtype, torch.float32))
         for k, (net, dim) in enumerate(zip(self.nets, self.dims)):
             rows = (domain == k).nonzero(as_tuple=True)[0]
-            out[rows, ..., :dim] = net(features[rows])
+            out[rows, ..., :dim] = net(features[rows]).to(out.dtype)
         return out
