@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import lightning as L
 import torch
@@ -60,7 +59,7 @@ class ScenarioAdaptation(L.Callback):
         metrics = {}
         for name, spec in resolve_targets(scenarios, selectors).items():
             # A copy per target: with `fine_tune` the adaptation trains the model it is given.
-            model = copy.deepcopy(pl_module).cpu()
+            model = pl_module.eager_copy()
             result = adapt(spec, self.adaptation, model, use_model=True, seed=self.seed, progress=False)
             metrics[f"adapt/{name}/score"] = result.score
             if self.baseline:

@@ -103,6 +103,12 @@ class MrCoM(L.LightningModule):
             mean, std = datamodule.observation_statistics()
             wm.set_observation_statistics(mean, std)
 
+    def eager_copy(self, device: str | torch.device = "cpu") -> "MrCoM":
+        """An uncompiled copy of this model's weights on `device` (for adaptation beside training)."""
+        copy = type(self)(**{**self.hparams, "compile": False})
+        copy.load_state_dict(self.state_dict())
+        return copy.train(self.training).to(device)
+
     def configure_model(self) -> None:
         if self.hparams.compile:
             self.world_model.compile()

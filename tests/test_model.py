@@ -49,6 +49,20 @@ def test_bf16_autocast_trains_with_float32_predictions():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
 
 
+def test_compile_targets_the_time_loop_and_copies_for_adaptation_are_eager():
+    """`model.compile=true` compiles the latent cell's time loop and imagination step (not a
+    `forward` the cell never calls); the adaptation callback's copy runs eagerly on its own weights."""
+    model = make_model(compile=True)
+    model.configure_model()
+    assert set(model.world_model.cell.compiled) == {"_unroll", "_imagine"}
+    copy = model.eval().eager_copy()
+    assert copy.world_model.cell.compiled == {} and not copy.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copy.state_dict().values()))
+    with torch.no_grad():
+        copy.world_model.cell.transition_in[0].weight.add_(1.0)
+    assert not torch.equal(copy.world_model.cell.transition_in[0].weight, model.world_model.cell.transition_in[0].weight)
+
+
 @pytest.mark.parametrize(
     "term", ["obs", "reward", "kl_z", "kl_u", "ms", "mv", "scenario_value", "meta_value"]
 )

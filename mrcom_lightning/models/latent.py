@@ -72,6 +72,7 @@ class LatentCell(nn.Module):
             self.auxiliary_prior_net = GaussianHead(embed_dim, auxiliary_dim, hidden_dim)
             self.auxiliary_posterior_net = GaussianHead(2 * embed_dim, auxiliary_dim, hidden_dim)
         self.meta_prior_net = GaussianHead(2 * embed_dim, stochastic_dim, hidden_dim) if meta_prior else None
+        self.compiled: dict = {}  # filled by `compile`
 
     @property
     def feature_dim(self) -> int:
@@ -98,8 +99,11 @@ class LatentCell(nn.Module):
     def _auxiliary_sample(self, dist: Independent | None, like: torch.Tensor) -> torch.Tensor:
         return dist.rsample() if dist is not None else like[..., :0]
 
-    def observe(self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor) -> LatentSequence:
-        """The posterior pass over e_0..e_N, a_{-1}..a_{N-1} (a_{-1} = 0) and c_0..c_N, all [B, N+1, ·]."""
+    def _unroll(
+        self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sequential part of the posterior pass, tensors only (what `compile` compiles):
+        h_t, z_t ~ q(z_t | h_t, c_t, e_t) and q's mean and std, each [B, N+1, ·]."""
         batch, steps, _ = obs_embed.shape
         recurrent, stochastic = self.initial(batch, obs_embed.device)
         recurrents, stochastics, means, stds = [], [], [], []
@@ -111,15 +115,29 @@ class LatentCell(nn.Module):
             stochastics.append(stochastic)
             means.append(posterior.base_dist.loc)
             stds.append(posterior.base_dist.scale)
-        recurrent = torch.stack(recurrents, 1)
-        posterior = Independent(torch.distributions.Normal(torch.stack(means, 1), torch.stack(stds, 1)), 1)
+        return tuple(torch.stack(x, 1) for x in (recurrents, stochastics, means, stds))
+
+    def compile(self, **kwargs) -> None:
+        """`torch.compile`s the unrolled posterior pass and the imagination step, where a small
+        model spends its time in kernel launches (`nn.Module.compile` compiles only `forward`,
+        which this module has not). The compiled functions are unbound: a copy of the module
+        calls them on itself, not on the original."""
+        self.compiled = {name: torch.compile(getattr(LatentCell, name), **kwargs) for name in ("_unroll", "_imagine")}
+
+    def _call(self, name: str, *args):
+        compiled = self.compiled.get(name)
+        return compiled(self, *args) if compiled is not None else getattr(self, name)(*args)
+
+    def observe(self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor) -> LatentSequence:
+        """The posterior pass over e_0..e_N, a_{-1}..a_{N-1} (a_{-1} = 0) and c_0..c_N, all [B, N+1, ·]."""
+        recurrent, stochastic, mean, std = self._call("_unroll", obs_embed, prev_action_embed, context)
+        posterior = Independent(torch.distributions.Normal(mean, std), 1)
         auxiliary_posterior = (
             self.auxiliary_posterior_net(torch.cat([context, obs_embed], dim=-1)) if self.auxiliary_dim else None
         )
         meta_prior = (
             self.meta_prior_net(torch.cat([prev_action_embed, context], dim=-1)) if self.meta_prior_net else None
         )
-        stochastic = torch.stack(stochastics, 1)
         return LatentSequence(
             recurrent=recurrent,
             deterministic=self._deterministic_part(recurrent),
@@ -134,6 +152,9 @@ class LatentCell(nn.Module):
 
     def imagine(self, recurrent, stochastic, action_embed, context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One prior step: (h_t, z_t ~ p(z_t | h_t, c_t), s_t) from (h_{t-1}, z_{t-1}, a_{t-1}, c_t)."""
+        return self._call("_imagine", recurrent, stochastic, action_embed, context)
+
+    def _imagine(self, recurrent, stochastic, action_embed, context):
         recurrent = self.transition(recurrent, stochastic, action_embed)
         stochastic = self.prior(recurrent, context).rsample()
         auxiliary = self._auxiliary_sample(self.auxiliary_prior(context), stochastic)

@@ -123,6 +123,14 @@ class WorldModel(nn.Module):
         self.meta_value = MetaValue(feature_dim, c.hidden_dim) if meta_value else None
 
     @torch.no_grad()
+    def compile(self, **kwargs) -> None:
+        """`torch.compile`s the parts that carry the step's time: the latent cell's time loop and
+        imagination step, and the context transformer. The per-domain tokenizers and decoders stay
+        eager (their row selection has data-dependent shapes). `kwargs` go to `torch.compile`."""
+        self.cell.compile(**kwargs)
+        if self.context_net is not None:
+            self.context_net.compile(**kwargs)
+
     def set_observation_statistics(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-2) -> None:
         """Per-domain observation mean and std `[domains, O_max]` for `standardize`."""
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
