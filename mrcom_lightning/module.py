@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 
@@ -24,6 +26,9 @@ torch.serialization.add_safe_globals([WorldModelConfig])
 # A diverged step must reach the loss guard in `training_step`, which names the term: torch's
 # argument checks would stop it earlier, inside a Normal, with an opaque ValueError.
 torch.distributions.Distribution.set_default_validate_args(False)
+# The per-domain prediction metrics are torchmetrics, synchronised across DDP ranks by their own
+# `compute`; Lightning cannot tell and recommends `sync_dist=True`, which would reduce them twice.
+warnings.filterwarnings("ignore", message=r".*`self.log\('(val|test_id|test_ood)/[^']+/(obs|reward|open_loop)_mse'")
 
 
 class MrCoM(L.LightningModule):
