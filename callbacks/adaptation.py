@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info

@@ -122,7 +122,6 @@ class WorldModel(nn.Module):
         )
         self.meta_value = MetaValue(feature_dim, c.hidden_dim) if meta_value else None
 
-    @torch.no_grad()
     def compile(self, **kwargs) -> None:
         """`torch.compile`s the parts that carry the step's time: the latent cell's time loop and
         imagination step, and the context transformer. The per-domain tokenizers and decoders stay
@@ -131,6 +130,7 @@ class WorldModel(nn.Module):
         if self.context_net is not None:
             self.context_net.compile(**kwargs)
 
+    @torch.no_grad()
     def set_observation_statistics(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-2) -> None:
         """Per-domain observation mean and std `[domains, O_max]` for `standardize`."""
         self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
