@@ -22,11 +22,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mrcom_lightning.models.synthetic import (
+    PAPER_BATCH as BATCH,
+    PAPER_DOMAIN_DIMS as DOMAIN_DIMS,
+    PAPER_NUM_SCENARIOS as NUM_SCENARIOS,
+    PAPER_PROMPT as PROMPT,
+    PAPER_STEPS as STEPS,
+)
 from mrcom_lightning.models.synthetic import synthetic_batch
 from mrcom_lightning.module import MrCoM
 
-DOMAIN_DIMS = {"cheetah": (17, 6), "hopper": (15, 4), "walker": (24, 6)}
-NUM_SCENARIOS, BATCH, STEPS, PROMPT = 24, 32, 64, 20
 VARIANTS = {"32": ("32-true", False), "bf16": ("bf16-mixed", False), "bf16+compile": ("bf16-mixed", True)}
 
 

@@ -33,13 +33,16 @@ import time
 import torch
 
 from mrcom_lightning.models import WorldModelConfig
+from mrcom_lightning.models.synthetic import (
+    PAPER_BATCH as BATCH,
+    PAPER_DOMAIN_DIMS as DOMAIN_DIMS,
+    PAPER_NUM_SCENARIOS as NUM_SCENARIOS,
+    PAPER_PROMPT as PROMPT,
+    PAPER_STEPS as STEPS,
+)
 from mrcom_lightning.models.synthetic import synthetic_batch as make_batch
 from mrcom_lightning.module import MrCoM
 
-# The datamodule's domain order (sorted names) and each domain's (observation, action) sizes.
-DOMAIN_DIMS = {"cheetah": (17, 6), "hopper": (15, 4), "walker": (24, 6)}
-NUM_SCENARIOS = 24
-BATCH, STEPS, PROMPT = 32, 64, 20
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
