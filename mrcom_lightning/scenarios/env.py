@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from dm_control.rl import control
-from dm_control.suite import common
 
 from mrcom_lightning.scenarios.domains import get_domain
-from mrcom_lightning.scenarios.mjcf import scaled_model_xml
+from mrcom_lightning.scenarios.mjcf import scaled_model
 from mrcom_lightning.scenarios.observation import ObservationFunction, observed_dim
 from mrcom_lightning.scenarios.spec import ScenarioSpec
 
@@ -25,8 +24,8 @@ class ScenarioEnv:
         self.episode_steps = int(episode_steps or self.domain.episode_steps)
         if self.episode_steps <= 0:
             raise ValueError(f"episode_steps must be > 0, got {episode_steps!r}")
-        xml = scaled_model_xml(self.domain, spec.length_scale, spec.size_scale)
-        physics = self.domain.module.Physics.from_xml_string(xml, common.ASSETS)
+        xml, assets = scaled_model(self.domain, spec.length_scale, spec.size_scale)
+        physics = self.domain.physics.from_xml_string(xml, assets)
         episode_seed = spec.seed if seed is None else seed
         task = self.domain.task(
             target_speed=spec.target_speed * self.domain.max_speed,

@@ -3,6 +3,11 @@
 Editing `model.geom_size` after compiling changes neither mass nor where the joints sit; here
 the XML itself changes, so MuJoCo recomputes mass and inertia from the new geometry, and
 everything attached to the torso (legs, head, pelvis) moves with its ends.
+
+Everything domain-specific comes from the `Domain` entry (see domains.py for what it must
+provide): the unscaled `(xml, assets)` from `domain.model()`, the body named `torso`, the
+axis of its length (`torso_axis`), the geoms to resize (`torso_geoms`) and which entries of
+their `size` are the radius (`torso_radius`) and the half-length (`torso_length`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def _mass_density(domain: Domain) -> float | None:
     re-normalise a heavier torso away. Replacing it by the equivalent uniform density keeps
     the default scenario identical and lets a scaled torso add or remove mass.
     """
-    xml, assets = domain.module.get_model_and_assets()
+    xml, assets = domain.model()
     root = ET.fromstring(xml)
     compiler = root.find("compiler")
     if compiler is None or "settotalmass" not in compiler.attrib:
@@ -44,15 +49,18 @@ def _mass_density(domain: Domain) -> float | None:
     return DEFAULT_DENSITY * total / float(free_mass.model.body_mass.sum())
 
 
-def scaled_model_xml(domain: Domain, length_scale: float, size_scale: float) -> str:
-    """The domain's MJCF with the torso's length and radius scaled.
+def scaled_model(domain: Domain, length_scale: float, size_scale: float) -> tuple[str, dict]:
+    """The domain's MJCF with the torso's length and radius scaled, and its assets.
 
-    Along `domain.torso_axis`, the coordinates of the torso's own geoms and the positions of
-    the bodies and geoms attached to it are multiplied by `length_scale`; the torso geom's
-    radius by `size_scale`. For an upright torso (z axis) the torso body is lifted by the
-    extra length below its origin, so that the legs start above the floor as by default.
+    Along `domain.torso_axis`, the coordinates of the torso body's own geoms (`fromto` and
+    `pos`) and the positions of the bodies attached to it are multiplied by `length_scale`. Of
+    each geom named in `domain.torso_geoms`, the `size` entries `domain.torso_radius` are
+    multiplied by `size_scale` and the entries `domain.torso_length` by `length_scale` (by
+    default a capsule's radius `size[0]` and, unless it is given by `fromto`, its half-length
+    `size[1]`). For an upright torso (z axis) the torso body is lifted by the extra length
+    below its origin, so that the legs start above the floor as by default.
     """
-    xml, _ = domain.module.get_model_and_assets()
+    xml, assets = domain.model()
     root = ET.fromstring(xml)
     density = _mass_density(domain)
     if density is not None:
@@ -61,8 +69,11 @@ def scaled_model_xml(domain: Domain, length_scale: float, size_scale: float) -> 
         ET.SubElement(default, "geom", density=f"{density:.6g}")
 
     torso = root.find(".//worldbody/body[@name='torso']")
+    if torso is None:
+        raise ValueError(f"domain {domain.name!r}: the model has no worldbody body named 'torso'")
     axis = domain.torso_axis
     lowest = 0.0
+    resized = set()
     for child in torso:
         if child.tag not in ("geom", "body"):
             continue
@@ -76,15 +87,36 @@ def scaled_model_xml(domain: Domain, length_scale: float, size_scale: float) -> 
             lowest = min(lowest, pos[axis])
             pos[axis] *= length_scale
             child.attrib["pos"] = _format(pos)
-        if child.tag == "geom" and child.attrib.get("name") == "torso":
+        if child.tag == "geom" and child.attrib.get("name") in domain.torso_geoms:
+            name = child.attrib["name"]
             size = _floats(child.attrib["size"])
-            size[0] *= size_scale
-            if "fromto" not in child.attrib and len(size) > 1:  # capsule along its own z.
-                lowest = min(lowest, -size[1])
-                size[1] *= length_scale
+            lengths = domain.torso_length
+            if lengths is None:  # a capsule along its own z, unless given by `fromto`.
+                lengths = (1,) if "fromto" not in child.attrib and len(size) > 1 else ()
+            if max((*domain.torso_radius, *lengths), default=-1) >= len(size):
+                raise ValueError(
+                    f"domain {domain.name!r}: geom {name!r} has size {child.attrib['size']!r}, too short "
+                    f"for torso_radius={domain.torso_radius}, torso_length={lengths}"
+                )
+            for i in domain.torso_radius:
+                size[i] *= size_scale
+            for i in lengths:
+                lowest = min(lowest, -size[i])
+                size[i] *= length_scale
             child.attrib["size"] = _format(size)
+            resized.add(name)
+    missing = set(domain.torso_geoms) - resized
+    if missing:
+        raise ValueError(
+            f"domain {domain.name!r}: torso_geoms {sorted(missing)} are not geoms (with a size) of the body 'torso'"
+        )
     if axis == 2:
         pos = _floats(torso.attrib.get("pos", "0 0 0"))
         pos[2] += max(0.0, length_scale - 1.0) * -lowest
         torso.attrib["pos"] = _format(pos)
-    return ET.tostring(root, encoding="unicode")
+    return ET.tostring(root, encoding="unicode"), assets
+
+
+def scaled_model_xml(domain: Domain, length_scale: float, size_scale: float) -> str:
+    """The XML of `scaled_model` (without the assets)."""
+    return scaled_model(domain, length_scale, size_scale)[0]
