@@ -37,7 +37,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datamodules import MultiScenarioDataModule  # noqa: E402
+from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.agents import SACConfig  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> None:
     root = args.data_root or tempfile.mkdtemp(prefix="adapt-efficiency-")
     dataset = DatasetConfig(
         root=root, scenarios=scenarios, behaviour=args.behaviour, episodes_per_scenario=args.episodes_per_scenario,
-        test_episodes_per_scenario=1, episode_steps=args.episode_steps, sac_steps=args.sac_steps,
+        test_episodes_per_scenario=2, episode_steps=args.episode_steps, sac_steps=args.sac_steps,
         sac=SACConfig(warmup_steps=min(2000, args.sac_steps // 4)),
     )
     collect(dataset, progress=args.progress)

@@ -28,7 +28,7 @@ from typing import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from datamodules import MultiScenarioDataModule  # noqa: E402
+from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
             scenarios=MetaScenarioSet(num_train=2, num_val=1, num_test_id=1, num_test_ood=1),
             behaviour="random",
             episodes_per_scenario=2,
-            test_episodes_per_scenario=1,
+            test_episodes_per_scenario=2,
             episode_steps=200,
         )
         start = time.perf_counter()

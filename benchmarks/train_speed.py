@@ -47,7 +47,7 @@ PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float1
 
 
 def synthetic_batch(device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch in `datamodules.multi_scenario`'s format at the paper's sizes."""
+    """A batch in `mrcom_lightning.datamodules.multi_scenario`'s format at the paper's sizes."""
     batch = make_batch(DOMAIN_DIMS, BATCH, STEPS, PROMPT, NUM_SCENARIOS, seed)
     return {key: value.to(device) for key, value in batch.items()}
 

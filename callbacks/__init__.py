@@ -1,5 +1,5 @@
 """Lightning callbacks of mrcom-lightning."""
 
-from callbacks.adaptation import ScenarioAdaptation
+from mrcom_lightning.callbacks.adaptation import ScenarioAdaptation
 
 __all__ = ["ScenarioAdaptation"]

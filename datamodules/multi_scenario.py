@@ -1,24 +1,9 @@
 """The multi-scenario datamodule: windows with prompts across domains (DESIGN.md §3, §4).
 
-The batch is the contract with the model. Domains are mixed in one batch, observations and
-actions zero-padded to the largest sizes, with masks on the real dims (TD-MPC2's mechanism).
-With B rows, T = `sequence_length`, L = `prompt_length`, O_max and A_max the largest
-observed-observation and action sizes of the configured domains, a batch is a dict of tensors:
-
-    obs            [B, T+1, O_max] float32  o_s .. o_{s+T} of one episode window
-    action         [B, T, A_max]   float32  a_s .. a_{s+T-1}
-    reward         [B, T]          float32  r_s .. r_{s+T-1}
-    terminal       [B, T]          bool
-    obs_mask       [B, O_max]      float32  1 on the row's real observation dims, 0 on padding
-    action_mask    [B, A_max]      float32  1 on the row's real action dims, 0 on padding
-    domain         [B]             int64    index into `datamodule.domains` (sorted names)
-    scenario       [B]             int64    index into `datamodule.train_scenarios`; -1 for val/test
-    prompt_obs     [B, L, O_max]   float32  L consecutive transitions (o_t, a_t, r_t) of an
-    prompt_action  [B, L, A_max]   float32  episode of the row's own scenario, by the best policy
-    prompt_reward  [B, L]          float32  the dataset has for it (POLICIES order), random start
-
-Padded dims are exactly zero in `obs`, `action`, `prompt_obs` and `prompt_action`. A window
-starts at s uniform in [0, steps - T].
+The batch is the contract with the model, defined in `mrcom_lightning.batch`: domains mixed
+in one batch, observations and actions zero-padded to the largest sizes, a domain id per row,
+and a prompt per window cut from another episode of the row's own scenario, by the best
+policy the dataset has for it. A window starts at s uniform in [0, steps - T].
 
 Training draws an infinite stream (`streams.TrainStream`): each batch has B // n_domains rows
 of every domain (the remainder rotates through the domains), scenarios uniform within a
@@ -40,7 +25,7 @@ from mrcom_lightning.agents import SACConfig
 from mrcom_lightning.data.collect import DatasetConfig, collect, is_complete
 from mrcom_lightning.scenarios import DOMAINS, SPLITS, MetaScenarioSet, ScenarioSpec, observed_dim
 
-from datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
+from mrcom_lightning.datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
 
 # Checkpoints carry these settings (`datamodule_hyper_parameters`); resuming a fit loads them
 # with torch's weights-only unpickler, which rebuilds only classes it was told are safe.

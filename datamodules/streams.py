@@ -1,9 +1,8 @@
 """Episodes in memory and the streams of windows drawn from them (DESIGN.md §3).
 
-`SplitEpisodes` holds one split's episodes, zero-padded to the largest domain sizes, and
-turns rows `(scenario, episode, start, prompt episode, prompt start)` into batches in the
-format documented in `datamodules.multi_scenario`. `TrainStream` draws such rows forever,
-domain-balanced and seeded per (rank, worker, batch); `ResumableDataLoader` counts what it
+`SplitEpisodes` holds one split's episodes and turns rows `(scenario, episode, start, prompt
+episode, prompt start)` into batches (`mrcom_lightning.batch.pad_batch`). `TrainStream` draws
+such rows forever, domain-balanced and seeded per (rank, worker, batch); `ResumableDataLoader` counts what it
 hands out so a resumed run continues the stream. `WindowSet` is the finite, fixed set of
 windows that validation and test iterate.
 """
@@ -18,8 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from mrcom_lightning.batch import Batch, pad_batch
 from mrcom_lightning.data import POLICIES, EpisodeInfo, EpisodeStore
 from mrcom_lightning.scenarios import ScenarioSpec
+from mrcom_lightning.seeding import generator
 
 
 def init_worker(worker_id: int) -> None:
@@ -29,15 +30,17 @@ def init_worker(worker_id: int) -> None:
 
 @dataclasses.dataclass
 class SplitEpisodes:
-    """The episodes of one split in memory, zero-padded to the largest observation and action sizes.
+    """The episodes of one split in memory, each at its domain's own sizes.
 
     Attributes:
         domain_dims: (observed obs dim, act dim) per domain id.
-        obs, action, reward, terminal: per episode, `[steps+1, O_max]`, `[steps, A_max]`, `[steps]`, `[steps]`.
+        obs, action, reward, terminal: per episode, `[steps+1, O]`, `[steps, A]`, `[steps]`, `[steps]`.
         scenario_domain: domain id of every scenario of the split `[S]`.
         scenario_label: the id written to `batch["scenario"]` (train index, or -1) `[S]`.
         windows: per scenario, the episodes that windows are cut from (at least T steps).
-        prompts: per scenario, the best policy's episodes (at least L steps) that prompts are cut from.
+        prompts: per scenario, the episodes that prompts are cut from, best policy first: the
+            best policy's episodes, then the next policy's (at least L steps each).
+        prompt_ranks: per scenario, the policy rank (0 = best available) of each `prompts` entry.
         domain_scenarios: per domain id, the scenarios of that domain.
     """
 
@@ -50,17 +53,26 @@ class SplitEpisodes:
     scenario_label: np.ndarray
     windows: list[np.ndarray]
     prompts: list[np.ndarray]
+    prompt_ranks: list[np.ndarray]
     domain_scenarios: list[np.ndarray]
 
     def __post_init__(self) -> None:
         self.obs_max = max(o for o, _ in self.domain_dims)
         self.act_max = max(a for _, a in self.domain_dims)
-        self.obs_mask = np.zeros((len(self.domain_dims), self.obs_max), np.float32)
-        self.action_mask = np.zeros((len(self.domain_dims), self.act_max), np.float32)
-        for d, (o, a) in enumerate(self.domain_dims):
-            self.obs_mask[d, :o] = 1.0
-            self.action_mask[d, :a] = 1.0
         self.steps = np.array([len(r) for r in self.reward], np.int64)
+        self._prompt_pools: dict[tuple[int, int], np.ndarray] = {}
+
+    def prompt_pool(self, scenario: int, episode: int) -> np.ndarray:
+        """The episodes a prompt of a window of `episode` may come from: the scenario's best
+        policy's episodes other than `episode` itself (a prompt never holds the window's own
+        past or future), or, when that leaves none, the next policy's."""
+        key = (scenario, episode)
+        if key not in self._prompt_pools:
+            candidates, ranks = self.prompts[scenario], self.prompt_ranks[scenario]
+            others = candidates != episode
+            best = ranks[others].min() if others.any() else None
+            self._prompt_pools[key] = candidates[others & (ranks == best)] if best is not None else candidates[:0]
+        return self._prompt_pools[key]
 
     @classmethod
     def load(
@@ -100,7 +112,7 @@ class SplitEpisodes:
                 )
 
         needed: dict[Path, int] = {}
-        windows, prompts = [], []
+        windows, prompts, prompt_ranks = [], [], []
         for spec, infos, candidates in zip(specs, indexed, window_infos):
             if not candidates:
                 raise ValueError(
@@ -113,19 +125,24 @@ class SplitEpisodes:
                     f"data.sequence_length={sequence_length} is longer than every episode of scenario {spec} "
                     f"(longest: {max(i.steps for i in candidates)} steps, in {root / spec.id})"
                 )
-            best = next(p for p in POLICIES if any(i.policy == p for i in infos))
-            best_infos = [i for i in infos if i.policy == best]
-            prompt_infos = [i for i in best_infos if i.steps >= prompt_length]
-            if not prompt_infos:
+            ranked = [p for p in POLICIES if any(i.policy == p and i.steps >= prompt_length for i in infos)]
+            if not ranked:
                 raise ValueError(
-                    f"data.prompt_length={prompt_length} is longer than every {best!r} episode of scenario "
-                    f"{spec} (longest: {max(i.steps for i in best_infos)} steps, in {root / spec.id})"
+                    f"data.prompt_length={prompt_length} is longer than every episode of scenario {spec} "
+                    f"(longest: {max(i.steps for i in infos)} steps, in {root / spec.id})"
                 )
-            windows.append(_ids(usable, needed))
-            prompts.append(_ids(prompt_infos, needed))
+            prompt_infos = [i for p in ranked[:2] for i in infos if i.policy == p and i.steps >= prompt_length]
+            window_ids, prompt_ids = _ids(usable, needed), _ids(prompt_infos, needed)
+            if len(prompt_ids) == 1 and prompt_ids[0] in window_ids:
+                raise ValueError(
+                    f"scenario {spec} has one episode to cut prompts from ({root / spec.id}), and windows come "
+                    "from it too: a prompt must come from another episode of the scenario; collect at least two "
+                    "episodes per scenario (data.dataset.episodes_per_scenario / test_episodes_per_scenario)"
+                )
+            windows.append(window_ids)
+            prompts.append(prompt_ids)
+            prompt_ranks.append(np.array([ranked.index(i.policy) for i in prompt_infos], np.int64))
 
-        obs_max = max(o for o, _ in domain_dims)
-        act_max = max(a for _, a in domain_dims)
         arrays: dict[str, list[np.ndarray]] = {"obs": [], "action": [], "reward": [], "terminal": []}
         for path in needed:  # insertion order = episode id
             episode = store.read(path)
@@ -135,8 +152,8 @@ class SplitEpisodes:
                     f"episode {path} has obs dim {episode.obs.shape[1]} and act dim {episode.action.shape[1]}, "
                     f"but domain {episode.spec.domain!r} with obs_fn {episode.spec.obs_fn!r} has ({o}, {a})"
                 )
-            arrays["obs"].append(_pad(episode.obs, obs_max, np.float32))
-            arrays["action"].append(_pad(episode.action, act_max, np.float32))
+            arrays["obs"].append(np.ascontiguousarray(episode.obs, np.float32))
+            arrays["action"].append(np.ascontiguousarray(episode.action, np.float32))
             arrays["reward"].append(np.ascontiguousarray(episode.reward, np.float32))
             arrays["terminal"].append(np.ascontiguousarray(episode.terminal, bool))
 
@@ -147,43 +164,32 @@ class SplitEpisodes:
             scenario_label=np.asarray(labels, np.int64),
             windows=windows,
             prompts=prompts,
+            prompt_ranks=prompt_ranks,
             domain_scenarios=[np.flatnonzero(scenario_domain == d) for d in range(len(domains))],
             **arrays,
         )
 
-    def batch(self, rows: np.ndarray, sequence_length: int, prompt_length: int) -> dict[str, torch.Tensor]:
+    def batch(self, rows: np.ndarray, sequence_length: int, prompt_length: int) -> Batch:
         """The batch of `rows [B, 5]`: scenario, episode, start, prompt episode, prompt start."""
-        B, T, L = len(rows), sequence_length, prompt_length
-        obs = np.zeros((B, T + 1, self.obs_max), np.float32)
-        action = np.zeros((B, T, self.act_max), np.float32)
-        reward = np.zeros((B, T), np.float32)
-        terminal = np.zeros((B, T), bool)
-        prompt_obs = np.zeros((B, L, self.obs_max), np.float32)
-        prompt_action = np.zeros((B, L, self.act_max), np.float32)
-        prompt_reward = np.zeros((B, L), np.float32)
-        for b, (_, e, s, p, q) in enumerate(rows.tolist()):
-            obs[b] = self.obs[e][s : s + T + 1]
-            action[b] = self.action[e][s : s + T]
-            reward[b] = self.reward[e][s : s + T]
-            terminal[b] = self.terminal[e][s : s + T]
-            prompt_obs[b] = self.obs[p][q : q + L]
-            prompt_action[b] = self.action[p][q : q + L]
-            prompt_reward[b] = self.reward[p][q : q + L]
-        domain = self.scenario_domain[rows[:, 0]]
-        out = dict(
-            obs=obs,
-            action=action,
-            reward=reward,
-            terminal=terminal,
-            obs_mask=self.obs_mask[domain],
-            action_mask=self.action_mask[domain],
-            domain=domain,
-            scenario=self.scenario_label[rows[:, 0]],
-            prompt_obs=prompt_obs,
-            prompt_action=prompt_action,
-            prompt_reward=prompt_reward,
+        T, L = sequence_length, prompt_length
+        k, e, s, p, q = (rows[:, i] for i in range(5))
+        return pad_batch(
+            obs=[self.obs[i][j : j + T + 1] for i, j in zip(e, s)],
+            action=[self.action[i][j : j + T] for i, j in zip(e, s)],
+            reward=np.stack([self.reward[i][j : j + T] for i, j in zip(e, s)]),
+            terminal=np.stack([self.terminal[i][j : j + T] for i, j in zip(e, s)]),
+            domain=self.scenario_domain[k],
+            scenario=self.scenario_label[k],
+            prompt_obs=[self.obs[i][j : j + L] for i, j in zip(p, q)],
+            prompt_action=[self.action[i][j : j + L] for i, j in zip(p, q)],
+            prompt_reward=np.stack([self.reward[i][j : j + L] for i, j in zip(p, q)]).reshape(len(rows), L),
+            obs_max=self.obs_max,
+            act_max=self.act_max,
         )
-        return {key: torch.from_numpy(value) for key, value in out.items()}
+
+    def _prompts(self, rng: np.random.Generator, scenario: np.ndarray, episode: np.ndarray, prompt_length: int):
+        prompt = _pick(rng, [self.prompt_pool(k, e) for k, e in zip(scenario.tolist(), episode.tolist())])
+        return prompt, rng.integers(0, self.steps[prompt] - prompt_length + 1)
 
     def draw_rows(
         self, rng: np.random.Generator, row_domains: np.ndarray, sequence_length: int, prompt_length: int
@@ -196,30 +202,26 @@ class SplitEpisodes:
             scenario[at] = pool[rng.integers(0, len(pool), at.sum())]
         episode = _pick(rng, [self.windows[k] for k in scenario])
         start = rng.integers(0, self.steps[episode] - sequence_length + 1)
-        prompt = _pick(rng, [self.prompts[k] for k in scenario])
-        prompt_start = rng.integers(0, self.steps[prompt] - prompt_length + 1)
+        prompt, prompt_start = self._prompts(rng, scenario, episode, prompt_length)
         return np.stack([scenario, episode, start, prompt, prompt_start], 1)
 
     def fixed_rows(self, rng: np.random.Generator, sequence_length: int, prompt_length: int) -> np.ndarray:
         """Non-overlapping windows of every episode of every scenario, each with a seeded prompt."""
-        rows = []
-        for k, episodes in enumerate(self.windows):
-            for e in episodes.tolist():
-                for s in range(0, int(self.steps[e]) - sequence_length + 1, sequence_length):
-                    p = int(self.prompts[k][rng.integers(len(self.prompts[k]))])
-                    q = int(rng.integers(0, self.steps[p] - prompt_length + 1))
-                    rows.append((k, e, s, p, q))
-        return np.array(rows, np.int64).reshape(-1, 5)
+        rows = [
+            (k, e, s)
+            for k, episodes in enumerate(self.windows)
+            for e in episodes.tolist()
+            for s in range(0, int(self.steps[e]) - sequence_length + 1, sequence_length)
+        ]
+        if not rows:
+            return np.zeros((0, 5), np.int64)
+        scenario, episode, start = np.array(rows, np.int64).T
+        prompt, prompt_start = self._prompts(rng, scenario, episode, prompt_length)
+        return np.stack([scenario, episode, start, prompt, prompt_start], 1)
 
 
 def _ids(infos: list[EpisodeInfo], needed: dict[Path, int]) -> np.ndarray:
     return np.array([needed.setdefault(i.path, len(needed)) for i in infos], np.int64)
-
-
-def _pad(array: np.ndarray, width: int, dtype) -> np.ndarray:
-    out = np.zeros((len(array), width), dtype)
-    out[:, : array.shape[1]] = array
-    return out
 
 
 def _pick(rng: np.random.Generator, pools: list[np.ndarray]) -> np.ndarray:
@@ -267,9 +269,9 @@ class TrainStream(IterableDataset):
             counts[(position * extra + k) % n] += 1
         return np.repeat(np.arange(n), counts)
 
-    def batch(self, worker: int, index: int, num_workers: int = 1) -> dict[str, torch.Tensor]:
+    def batch(self, worker: int, index: int, num_workers: int = 1) -> Batch:
         """Batch number `index` of worker `worker` (of `num_workers`) on this rank."""
-        rng = np.random.default_rng([self.seed, self.rank, worker, index])
+        rng = generator(self.seed, self.rank, worker, index)
         rows = self.episodes.draw_rows(
             rng, self.row_domains(index * num_workers + worker), self.sequence_length, self.prompt_length
         )
@@ -342,5 +344,5 @@ class WindowSet(Dataset):
     def __getitem__(self, index: int) -> np.ndarray:
         return self.rows[index]
 
-    def collate(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def collate(self, rows: list[np.ndarray]) -> Batch:
         return self.episodes.batch(np.stack(rows), self.sequence_length, self.prompt_length)

@@ -9,7 +9,9 @@ importing Lightning.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import sys
+from pathlib import Path
 
 TOOLS = {
     "collect": ("mrcom_lightning.data.cli", "collect_main"),
@@ -28,11 +30,45 @@ USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep} 
   compare    MLflow runs as the paper's tables and plots
   sweep      a grid of config variants x seeds, fitted and tested
 
-`mrcom SUBCOMMAND --help` lists every option."""
+`mrcom SUBCOMMAND --help` lists every option. A `--config` file is read from the working
+directory if it is there, else from the configs shipped with the package (`configs/quick.yaml`)."""
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def resolve_configs(argv: list[str]) -> list[str]:
+    """`argv` with each `--config PATH` (or `--config=PATH`) pointing at a file that exists.
+
+    PATH is kept when it exists relative to the working directory; otherwise it names the config
+    of that path among the ones shipped with the package (`mrcom_lightning/configs`, the
+    repository's `configs/` folder), with or without the leading `configs/`. A config found in
+    neither place ends the command with one line saying where it looked. Values that do not end
+    in .yaml/.yml/.json (inline YAML) are left to the parser.
+    """
+    resolved = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            prefix, path = "--config=", arg.removeprefix("--config=")
+        elif i > 0 and argv[i - 1] == "--config":
+            prefix, path = "", arg
+        else:
+            continue
+        given = Path(path)
+        if given.exists() or given.suffix not in CONFIG_SUFFIXES:
+            continue
+        packaged = importlib.resources.files("mrcom_lightning.configs")
+        parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+        if not given.is_absolute() and parts and packaged.joinpath(*parts).is_file():
+            resolved[i] = prefix + str(packaged.joinpath(*parts))
+            continue
+        print(f"mrcom: config file {path} not found in the working directory ({Path.cwd()}) "
+              f"nor among the packaged configs ({packaged})", file=sys.stderr)
+        raise SystemExit(2)
+    return resolved
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = resolve_configs(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] in TOOLS:
         module, function = TOOLS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+from mrcom_lightning.tracking import DEFAULT_TRACKING_URI
 
 
 def compare_parser() -> ArgumentParser:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-import tempfile
+import pickle
 import warnings
 from pathlib import Path
 
@@ -14,12 +12,20 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from mrcom_lightning.checkpoints import (
+    CheckpointError,
+    allow_project_globals,
+    exit_on_checkpoint_error,
+    load_checkpoint,
+    load_error,
+)
 from mrcom_lightning.module import MrCoM
+from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # MLflow 3 deprecates the file store
-DEFAULT_ARTIFACTS = "mlruns-artifacts"
 EVAL_COMMANDS = ("validate", "test", "predict")
 CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", "accelerator")
+# `--ckpt_path` values Lightning resolves itself (to a file it then loads inside `allow_project_globals`).
+CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
 class SaveConfig(SaveConfigCallback):
@@ -69,6 +75,50 @@ class MrCoMCLI(LightningCLI):
         if config.threads < 1:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
+        if config.get("weights_only") is False:
+            self.parser.error(
+                "--weights_only false is not supported: it would let a checkpoint run any code it names "
+                "(README.md, Security)"
+            )
+        self._check_ckpt_path(config.get("ckpt_path"))
+
+    def _check_ckpt_path(self, ckpt_path) -> None:
+        """Loads a `--ckpt_path` file once, safely, before any data is collected or model built.
+
+        A refused, damaged or missing checkpoint then ends the command at once, in one line,
+        instead of after `prepare_data` (which may collect a dataset for minutes).
+        """
+        if ckpt_path is None or "://" in str(ckpt_path) or str(ckpt_path).split(":")[0] in CKPT_KEYWORDS:
+            return
+        with exit_on_checkpoint_error(f"mrcom {self.config.subcommand}"):
+            load_checkpoint(ckpt_path)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Runs the subcommand with the project's config classes allowed in Lightning's checkpoint load.
+
+        Lightning loads `--ckpt_path` weights-only (see `_prepare_subcommand_kwargs`); a file it
+        refuses or cannot read (say `last` resolved to a truncated file) is reported in one line.
+        """
+        with exit_on_checkpoint_error(f"mrcom {subcommand}"), allow_project_globals():
+            try:
+                super()._run_subcommand(subcommand)
+            except (pickle.UnpicklingError, RuntimeError) as err:
+                error = self._checkpoint_error(err)
+                if error is None:
+                    raise
+                raise error from None
+
+    def _checkpoint_error(self, err: BaseException) -> CheckpointError | None:
+        """`err` as a `CheckpointError` naming the file, if it came from loading the checkpoint."""
+        ckpt_path = getattr(self.trainer, "ckpt_path", None)
+        from_loading = isinstance(err, pickle.UnpicklingError) or "PytorchStreamReader" in str(err)
+        return load_error(ckpt_path, err) if ckpt_path and from_loading else None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = True  # also where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set
+        return kwargs
 
     def _parse_ckpt_path(self) -> None:
         # Lightning would re-read only the model's hyperparameters here, and turns the dataclass
@@ -150,7 +200,10 @@ def _plain(value):
 
 def config_from_checkpoint(argv: list[str]) -> list[str]:
     """For validate/test/predict with `--ckpt_path` and no `--config`: the settings the
-    checkpoint carries (model and datamodule hyperparameters) as a config file."""
+    checkpoint carries (model and datamodule hyperparameters) as a `--config` YAML string.
+
+    The checkpoint is read with `load_checkpoint`; a refused, damaged or missing file ends
+    the command with one line naming it."""
     if not argv or argv[0] not in EVAL_COMMANDS or any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
     ckpt_path = None
@@ -161,9 +214,8 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
             ckpt_path = arg.split("=", 1)[1]
     if ckpt_path is None:
         return argv
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"mrcom {argv[0]}: checkpoint {ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    with exit_on_checkpoint_error(f"mrcom {argv[0]}"):
+        checkpoint = load_checkpoint(ckpt_path)
     config = {}
     for key, section in (("hyper_parameters", "model"), ("datamodule_hyper_parameters", "data")):
         hparams = {k: v for k, v in dict(checkpoint.get(key, {})).items() if not k.startswith("_")}
@@ -174,15 +226,13 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
         config["trainer"] = checkpoint["mrcom_trainer"]
     if checkpoint.get("mrcom_seed") is not None:
         config["seed_everything"] = checkpoint["mrcom_seed"]
-    handle, path = tempfile.mkstemp(prefix="mrcom-ckpt-config-", suffix=".yaml")
-    with os.fdopen(handle, "w") as f:
-        yaml.safe_dump(config, f)
-    return [argv[0], "--config", path, *argv[1:]]
+    # `--config` takes the YAML itself as well as a file name: nothing is written to disk.
+    return [argv[0], "--config", yaml.safe_dump(config), *argv[1:]]
 
 
 def run(argv: list[str]) -> None:
     """Runs a LightningCLI subcommand (fit, validate, test, predict)."""
-    from datamodules import MultiScenarioDataModule
+    from mrcom_lightning.datamodules import MultiScenarioDataModule
 
     # `args` carries the command line (plus a config from the checkpoint): not a mistake.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import warnings
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
+from mrcom_lightning.batch import Batch
 from mrcom_lightning.distributed import exit_cleanly
-from mrcom_lightning.metrics import PredictionMetrics
+from mrcom_lightning.metrics import PredictionMetrics, masked_mean
 from mrcom_lightning.models import (
     MetaStateLoss,
     MetaValueLoss,
+    Predictions,
     ValueLoss,
     WorldModel,
     WorldModelConfig,
     WorldModelLoss,
 )
+from mrcom_lightning.reports import plot_imagination, write_horizon_table
 
 TEST_SPLITS = ("test_id", "test_ood")
-
-# Checkpoints carry the model's settings; Lightning reads them back with torch's weights-only
-# unpickler, which rebuilds only the classes it was told are safe.
-torch.serialization.add_safe_globals([WorldModelConfig])
-# A diverged step must reach the loss guard in `training_step`, which names the term: torch's
-# argument checks would stop it earlier, inside a Normal, with an opaque ValueError.
-torch.distributions.Distribution.set_default_validate_args(False)
-# The per-domain prediction metrics are torchmetrics, synchronised across DDP ranks by their own
-# `compute`; Lightning cannot tell and recommends `sync_dist=True`, which would reduce them twice.
-warnings.filterwarnings("ignore", message=r".*`self.log\('(val|test_id|test_ood)/[^']+/(obs|reward|open_loop)_mse'")
 
 
 class MrCoM(L.LightningModule):
@@ -86,12 +80,19 @@ class MrCoM(L.LightningModule):
         self.world_model = WorldModel(
             world_model, self.obs_dims, self.act_dims, num_scenarios, meta_state=w_ms > 0, meta_value=w_mv > 0
         )
-        kl = dict(kl_dynamics=kl_dynamics, kl_representation=kl_representation, free_nats=free_nats)
-        self.wm_loss = WorldModelLoss(**kl)
-        self.ms_loss = MetaStateLoss(**kl) if w_ms > 0 else None
-        self.value_loss = ValueLoss() if w_mv > 0 else None
+        self.wm_loss = WorldModelLoss(
+            self.world_model.twohot.nll,
+            kl_dynamics=kl_dynamics,
+            kl_representation=kl_representation,
+            free_nats=free_nats,
+        )
+        self.ms_loss = MetaStateLoss(free_nats=free_nats) if w_ms > 0 else None
+        self.value_loss = ValueLoss(world_model.discount) if w_mv > 0 else None
         self.mv_loss = MetaValueLoss() if w_mv > 0 else None
-        self.metrics = torch.nn.ModuleDict({split: PredictionMetrics(self.domains) for split in ("val",) + TEST_SPLITS})
+        self.metrics = torch.nn.ModuleDict(
+            {split: PredictionMetrics(self.domains, open_loop_horizon) for split in ("val",) + TEST_SPLITS}
+        )
+        self._figure_samples: dict[str, dict[str, np.ndarray]] = {}
 
     def setup(self, stage: str) -> None:
         exit_cleanly()  # a CPU (gloo) DDP run ends without an abort in gloo's threads
@@ -118,21 +119,21 @@ class MrCoM(L.LightningModule):
         if self.hparams.compile:
             self.world_model.compile()
 
-    def losses(self, batch: dict[str, torch.Tensor]):
-        """The named loss terms and their total (Eq. 16), and the posterior pass they came from."""
-        observation = self.world_model.observe(batch)
-        terms = self.wm_loss(self.world_model, observation, batch)
-        total = self.hparams.w_wm * terms["wm"]
+    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Predictions]:
+        """The named loss terms and their total (Eq. 16), and the predictions they came from."""
+        hp = self.hparams
+        predictions = self.world_model.predict(batch)
+        zero = predictions.reward.new_zeros(())
+        terms = self.wm_loss(predictions, batch)
         if self.ms_loss is not None:
-            terms |= self.ms_loss(observation)
-            total = total + self.hparams.w_ms * terms["ms"]
+            terms |= self.ms_loss(predictions)
         if self.mv_loss is not None:
-            terms |= self.mv_loss(self.world_model, observation)
-            terms |= self.value_loss(self.world_model, observation, batch)
-            # The value losses train the value heads only (their inputs are detached).
-            total = total + self.hparams.w_mv * terms["mv"] + terms["scenario_value"] + terms["meta_value"]
-        terms["total"] = total
-        return terms, observation
+            terms |= self.mv_loss(predictions) | self.value_loss(predictions, batch)
+        # The heads that only fit their targets (r, V_k, V_meta) read detached inputs: their terms
+        # train those heads alone and need no weight.
+        heads = sum((terms[k] for k in ("ms_prior", "scenario_value", "meta_value") if k in terms), zero)
+        terms["total"] = hp.w_wm * terms["wm"] + hp.w_ms * terms.get("ms", zero) + hp.w_mv * terms.get("mv", zero) + heads
+        return terms, predictions
 
     def training_step(self, batch, batch_idx):
         terms, _ = self.losses(batch)
@@ -161,28 +162,73 @@ class MrCoM(L.LightningModule):
         if self.world_model.scenario_values is not None:
             self.world_model.scenario_values.update_target(self.hparams.value_tau)
 
-    def _evaluate(self, batch, split: str) -> torch.Tensor:
-        terms, observation = self.losses(batch)
+    def _evaluate(self, batch: Batch, split: str) -> torch.Tensor:
+        terms, predictions = self.losses(batch)
         wm, domain, metrics = self.world_model, batch["domain"], self.metrics[split]
-        features = observation.latents.features
-        obs_error = (wm.denormalize_obs(wm.decode(features, domain), domain) - batch["obs"]) ** 2
-        metrics.update("obs_mse", obs_error, domain, self.obs_dims)
-        reward = wm.twohot.mean(wm.reward_logits(features[:, 1:]))
-        metrics.update("reward_mse", ((reward - batch["reward"]) ** 2).mean(1), domain, self.obs_dims)
+        mask = predictions.obs_mask
+        obs = wm.denormalize_obs(predictions.obs, domain)
+        metrics.update("obs_mse", masked_mean((obs - batch["obs"]) ** 2, mask).mean(1), domain)
+        metrics.update("reward_mse", ((predictions.reward - batch["reward"]) ** 2).mean(1), domain)
         horizon = self.hparams.open_loop_horizon
         burn_in = batch["action"].shape[1] - horizon
         if burn_in >= 0:
-            predicted = wm.open_loop(batch, burn_in, horizon)
-            error = (predicted - batch["obs"][:, burn_in + 1 :]) ** 2
-            metrics.update("open_loop_mse", error, domain, self.obs_dims)
+            # Imagination from the same pass's latents at the burn-in step, the real actions given.
+            state = wm.start(predictions, batch, burn_in)
+            rollout = wm.rollout(state, batch["action"][:, burn_in:], horizon, domain)
+            real_obs, real_reward = batch["obs"][:, burn_in + 1 :], batch["reward"][:, burn_in:]
+            metrics.update("open_loop_mse", masked_mean((rollout.next_obs - real_obs) ** 2, mask), domain)
+            metrics.update("open_loop_reward_mse", (rollout.reward - real_reward) ** 2, domain)
+            naive_obs = masked_mean((batch["obs"][:, burn_in : burn_in + 1] - real_obs) ** 2, mask)
+            metrics.update("naive_open_loop_mse", naive_obs, domain)
+            metrics.update("naive_open_loop_reward_mse", (state.prev_reward[:, None] - real_reward) ** 2, domain)
+            self._keep_figure_samples(batch, rollout, burn_in)
         return terms["total"]
+
+    def _keep_figure_samples(self, batch: Batch, rollout, burn_in: int) -> None:
+        """The first window of each domain in this evaluation, for the imagination figure."""
+        for k, name in enumerate(self.domains):
+            rows = (batch["domain"] == k).nonzero(as_tuple=True)[0]
+            if name in self._figure_samples or not len(rows):
+                continue
+            row, dim = int(rows[0]), self.obs_dims[k]
+            self._figure_samples[name] = {
+                "obs": batch["obs"][row, burn_in:, :dim].float().cpu().numpy(),
+                "predicted_obs": rollout.next_obs[row, :, :dim].float().cpu().numpy(),
+                "reward": batch["reward"][row, burn_in:].float().cpu().numpy(),
+                "predicted_reward": rollout.reward[row].float().cpu().numpy(),
+            }
+
+    def _report(self, split: str) -> dict[str, torch.Tensor]:
+        """Computes the split's metrics; rank 0 writes the per-step table and the imagination figure
+        beside the checkpoints and logs them as MLflow artifacts."""
+        scalars, curves = self.metrics[split].compute(split)
+        samples, self._figure_samples = self._figure_samples, {}
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero or trainer.sanity_checking or not curves:
+            return scalars
+        folder = Path(trainer.default_root_dir) / "imagination"
+        name = f"{split}-step{self.global_step:07d}"
+        files = [write_horizon_table(curves, folder / f"{name}.csv")]
+        if samples:
+            title = f"{split}, step {self.global_step}: imagined (context rolling) vs real"
+            files.append(plot_imagination(samples, folder / f"{name}.png", title))
+        for logger in trainer.loggers:
+            if hasattr(logger, "run_id") and hasattr(logger.experiment, "log_artifact"):
+                for path in files:
+                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="imagination")
+        return scalars
 
     def validation_step(self, batch, batch_idx):
         loss = self._evaluate(batch, "val")
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["obs"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.metrics["val"].compute("val"))
+        self._log_metrics(self._report("val"))
+
+    def _log_metrics(self, metrics: dict[str, torch.Tensor], **kwargs) -> None:
+        # torchmetrics' `compute` has already synchronised these, so every rank holds the same
+        # value; Lightning's mean over ranks leaves it unchanged (and asks for no warning filter).
+        self.log_dict(metrics, sync_dist=True, **kwargs)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         split = TEST_SPLITS[dataloader_idx]
@@ -192,7 +238,7 @@ class MrCoM(L.LightningModule):
         if dataloader_idx < len(batches) and batch_idx == batches[dataloader_idx] - 1:
             # Logged at the split's last batch (every rank has as many), so each split's metrics
             # are reported under its own dataloader; the metrics are already synchronised.
-            self.log_dict(self.metrics[split].compute(split), add_dataloader_idx=False, batch_size=1)
+            self._log_metrics(self._report(split), add_dataloader_idx=False, batch_size=1)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import MultiScenarioDataModule
+from mrcom_lightning.batch import Batch
+from mrcom_lightning.datamodules import MultiScenarioDataModule, SplitEpisodes
 from mrcom_lightning.data import CorruptEpisodeError, Episode, EpisodeStore
 from mrcom_lightning.data.collect import DatasetConfig
 from mrcom_lightning.distributed import exit_cleanly
@@ -102,10 +104,10 @@ def test_batch_format_and_masks(dataset):
         assert (episode.obs.shape[1], episode.action.shape[1]) == (o, a)
     B, T, Lp, O, A = 5, 16, 5, 17, 6
     shapes = dict(
-        obs=(B, T + 1, O), action=(B, T, A), reward=(B, T), terminal=(B, T), obs_mask=(B, O),
-        action_mask=(B, A), domain=(B,), scenario=(B,), prompt_obs=(B, Lp, O), prompt_action=(B, Lp, A),
-        prompt_reward=(B, Lp),
+        obs=(B, T + 1, O), action=(B, T, A), reward=(B, T), terminal=(B, T), domain=(B,), scenario=(B,),
+        prompt_obs=(B, Lp, O), prompt_action=(B, Lp, A), prompt_reward=(B, Lp),
     )
+    assert set(shapes) == set(Batch.__annotations__)  # the one batch contract
     dtypes = dict(terminal=torch.bool, domain=torch.int64, scenario=torch.int64)
     train = take(dm.train_dataloader(), 4)
     val = take(dm.val_dataloader(), 1)
@@ -116,8 +118,6 @@ def test_batch_format_and_masks(dataset):
             assert batch[key].dtype == dtypes.get(key, torch.float32), key
         for row in range(B):
             o, a = list(dm.domain_dims.values())[int(batch["domain"][row])]
-            assert batch["obs_mask"][row].tolist() == [1.0] * o + [0.0] * (O - o)
-            assert batch["action_mask"][row].tolist() == [1.0] * a + [0.0] * (A - a)
             for key, dim in (("obs", o), ("prompt_obs", o), ("action", a), ("prompt_action", a)):
                 assert not batch[key][row, ..., dim:].any(), key
                 assert batch[key][row, ..., :dim].abs().sum() > 0, key
@@ -141,6 +141,47 @@ def test_windows_and_prompts_come_from_the_rows_scenario(two_policies):
             assert prompt_scenario == window_scenario and prompt_policy == "expert"
             if split == "train":  # behaviour="random" trains on random windows only
                 assert window_policy == "random" and ids[int(batch["scenario"][row])] == window_scenario
+
+
+def test_a_prompt_never_comes_from_the_windows_own_episode(two_policies):
+    """With two expert episodes per scenario and every policy in training, windows cut from an
+    expert episode get their prompt from the other one; validation's fixed windows too."""
+    dm = make(two_policies)
+    dm.setup("fit")
+    train, val = dm.episodes("train"), dm.episodes("val")
+    rows = np.concatenate([train.draw_rows(np.random.default_rng(i), np.arange(32) % 2, 16, 5) for i in range(20)])
+    fixed = val.fixed_rows(np.random.default_rng(0), 16, 5)
+    for split, r in ((train, rows), (val, fixed)):
+        assert (r[:, 3] != r[:, 1]).all()
+        experts = np.concatenate([p[rank == 0] for p, rank in zip(split.prompts, split.prompt_ranks)])
+        expert_windows = np.isin(r[:, 1], experts)
+        assert expert_windows.any() and (~expert_windows).any()  # both kinds of window were drawn
+
+
+def test_a_single_prompt_episode_falls_back_to_the_next_policy(dataset, tmp_path):
+    """One expert episode per scenario: random windows get it as their prompt, and the expert
+    episode's own windows get a random episode's; one episode in all is refused."""
+    root = tmp_path / "one_expert"
+    shutil.copytree(dataset.root, root)
+    store = EpisodeStore(root)
+    for spec in SCENARIOS.draw("train"):
+        template = store.read(store.index(spec.id)[0].path)
+        store.write(dataclasses.replace(template, policy="expert"), 0)
+    specs = SCENARIOS.draw("train")
+    domains, dims = ["cheetah", "hopper"], [(17, 6), (15, 4)]
+    split = SplitEpisodes.load(root, "train", specs, list(range(len(specs))), domains, dims, None, 16, 5)
+    for k in range(len(specs)):
+        expert = split.prompts[k][split.prompt_ranks[k] == 0]
+        assert len(expert) == 1
+        for e in split.windows[k]:
+            pool = split.prompt_pool(k, int(e))
+            assert int(e) not in pool.tolist() and len(pool)
+            assert pool.tolist() == expert.tolist() or e == expert[0]
+    lonely = tmp_path / "lonely"
+    spec = specs[0]
+    EpisodeStore(lonely).write(store.read(store.index(spec.id, "random")[0].path), 0)
+    with pytest.raises(ValueError, match="a prompt must come from another episode"):
+        SplitEpisodes.load(lonely, "train", [spec], [0], domains, dims, None, 16, 5)
 
 
 def test_behaviour_none_trains_on_every_policy(two_policies):
@@ -212,12 +253,14 @@ def test_validation_and_test_windows_are_fixed(dataset):
     assert not torch.equal(starts[0], starts[-1])
 
 
-def test_prepare_data_collects_only_when_incomplete(dataset, monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("collect() called for a complete dataset")
-
-    monkeypatch.setattr("datamodules.multi_scenario.collect", fail)
+def test_prepare_data_collects_only_when_incomplete(dataset, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("mrcom_lightning.datamodules.multi_scenario.collect", lambda config, **kw: calls.append(config))
     make(dataset).prepare_data()
+    assert calls == []  # complete: nothing to collect
+    missing = DatasetConfig(**{**vars(dataset), "root": str(tmp_path / "missing")})
+    make(missing).prepare_data()
+    assert calls == [missing]
 
 
 @pytest.mark.parametrize(
@@ -273,7 +316,7 @@ class TinyModel(L.LightningModule):
         exit_cleanly()  # as the world model does
 
     def loss(self, batch: dict) -> torch.Tensor:
-        obs = batch["obs"] * batch["obs_mask"][:, None]
+        obs = batch["obs"]
         return (self.layer(obs).squeeze(-1)[:, 1:] - batch["reward"]).pow(2).mean()
 
     def training_step(self, batch, batch_idx):
@@ -311,7 +354,9 @@ def test_fit_resume_continues_the_stream(dataset, tmp_path):
     first = TinyModel(17)
     trainer(max_steps=3, callbacks=[checkpoint], enable_checkpointing=True).fit(first, datamodule=make(dataset))
     path = next(tmp_path.glob("*.ckpt"))
-    saved = torch.load(path, weights_only=False)
+    from mrcom_lightning.checkpoints import load_checkpoint
+
+    saved = load_checkpoint(path)  # as `mrcom` reads it: weights-only, with the project's allow-list
     assert saved["datamodule_hyper_parameters"]["sequence_length"] == 16
     resumed = TinyModel(17)
     trainer(max_steps=6).fit(resumed, datamodule=make(dataset), ckpt_path=path)

@@ -27,12 +27,14 @@ def parameter_names(model: MrCoM) -> set[str]:
 
 def test_losses_are_finite_and_named():
     model = make_model()
-    terms, observation = model.losses(synthetic_batch())
-    for name in ("obs", "reward", "kl_z", "kl_u", "wm", "ms", "mv", "scenario_value", "meta_value", "total"):
+    terms, predictions = model.losses(synthetic_batch())
+    names = ("obs", "reward", "kl_z", "kl_u", "wm", "ms", "ms_prior", "mv", "scenario_value", "meta_value", "total")
+    for name in names:
         assert name in terms and torch.isfinite(terms[name]), name
     batch, steps = 6, 12
-    assert observation.latents.features.shape == (batch, steps + 1, 8 + 16 + 4)
-    assert observation.context.shape == (batch, steps + 1, 16)
+    assert predictions.latents.features.shape == (batch, steps + 1, 8 + 16 + 4)
+    assert predictions.context.shape == (batch, steps + 1, 16)
+    assert predictions.obs.shape == (batch, steps + 1, 17) and predictions.reward.shape == (batch, steps)
 
 
 def test_bf16_autocast_trains_with_float32_predictions():
@@ -40,18 +42,16 @@ def test_bf16_autocast_trains_with_float32_predictions():
     the decoded observations the losses read stay float32, and every parameter gets a gradient."""
     model, batch = make_model(), synthetic_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        terms, observation = model.losses(batch)
-        decoded = model.world_model.decode(observation.latents.features, batch["domain"])
-    assert decoded.dtype == torch.float32
+        terms, predictions = model.losses(batch)
+    assert predictions.obs.dtype == torch.float32
     assert all(torch.isfinite(terms[name]) for name in terms)
     terms["total"].backward()
     trained = [p for p in model.world_model.parameters() if p.requires_grad]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
 
 
-def test_compile_targets_the_time_loop_and_copies_for_adaptation_are_eager():
-    """`model.compile=true` compiles the latent cell's time loop and imagination step (not a
-    `forward` the cell never calls); the adaptation callback's copy runs eagerly on its own weights."""
+def test_copies_for_adaptation_are_eager_and_own_their_weights():
+    """The adaptation callback's copy of a compiled model runs eagerly on its own weights."""
     model = make_model(compile=True)
     model.configure_model()
     assert set(model.world_model.cell.compiled) == {"_unroll", "_imagine"}
@@ -63,8 +63,31 @@ def test_compile_targets_the_time_loop_and_copies_for_adaptation_are_eager():
     assert not torch.equal(copy.world_model.cell.transition_in[0].weight, model.world_model.cell.transition_in[0].weight)
 
 
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_losses_and_gradients():
+    """`model.compile=true` (the time loop, the imagination step, the context transformer) computes
+    what the eager model computes, on CPU."""
+    eager, compiled = make_model(), make_model(compile=True)
+    compiled.configure_model()
+    batch = synthetic_batch()
+    results = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)
+        terms, predictions = model.losses(batch)
+        terms["total"].backward()
+        state = model.world_model.start(predictions, batch, 7)
+        torch.manual_seed(2)
+        rollout = model.world_model.rollout(state, batch["action"][:, 7:], 5, batch["domain"])
+        grads = [p.grad.clone() for p in model.world_model.cell.parameters()]
+        results.append((terms["total"].detach(), rollout.next_obs.detach(), grads))
+    (loss_a, obs_a, grads_a), (loss_b, obs_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(obs_a, obs_b, rtol=1e-4, atol=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(grads_a, grads_b))
+
+
 @pytest.mark.parametrize(
-    "term", ["obs", "reward", "kl_z", "kl_u", "ms", "mv", "scenario_value", "meta_value"]
+    "term", ["obs", "reward", "kl_z", "kl_u", "ms", "ms_prior", "mv", "scenario_value", "meta_value"]
 )
 def test_each_term_falls_when_trained_alone(term):
     # No free nats here: a KL clipped at 1 nat could not show that it is being minimised.
@@ -94,6 +117,37 @@ def test_meta_value_regulariser_trains_the_world_model_not_the_meta_value():
     reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in wm.cell.prior_net.parameters()]
     assert all(reached)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.cell.gru.parameters())
+
+
+def _reached(module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_meta_state_term_pulls_q_with_weight_w_ms_and_its_prior_fits_apart():
+    """L_ms (Eq. 11–12): `ms` pulls q toward r and is what w_ms weighs; `ms_prior` fits r to q
+    and reaches r only, so r learns whatever w_ms is."""
+    cell = make_model().world_model.cell
+    for term, q_reached, r_reached in (("ms", True, False), ("ms_prior", False, True)):
+        model = make_model(free_nats=0.0)
+        cell = model.world_model.cell
+        terms, _ = model.losses(synthetic_batch())
+        model.zero_grad()
+        terms[term].backward()
+        assert _reached(cell.posterior_net) == q_reached, term
+        assert _reached(cell.meta_prior_net) == r_reached, term
+    # The total carries the pull with weight w_ms exactly: its gradient on q is w_ms times ms's.
+    grads = []
+    for w_ms in (0.1, 0.3):
+        model = make_model(free_nats=0.0, w_ms=w_ms)
+        torch.manual_seed(0)
+        terms, _ = model.losses(synthetic_batch())
+        model.zero_grad()
+        (terms["total"] - w_ms * terms["ms"]).backward(retain_graph=True)
+        without = model.world_model.cell.posterior_net.net[0].weight.grad.clone()
+        model.zero_grad()
+        terms["total"].backward()
+        grads.append(model.world_model.cell.posterior_net.net[0].weight.grad - without)
+    assert torch.allclose(grads[1], 3 * grads[0], rtol=1e-3, atol=1e-7)
 
 
 def test_value_losses_train_only_the_value_heads():
@@ -126,7 +180,7 @@ def test_scenario_value_target_network_follows_slowly():
     [
         (dict(world_model=dataclasses.replace(TINY, deterministic_dim=0)), "world_model.cell.gru.", ()),
         (dict(world_model=dataclasses.replace(TINY, context="none")), "world_model.context_net.", ()),
-        (dict(w_ms=0.0), "world_model.cell.meta_prior_net.", ("ms",)),
+        (dict(w_ms=0.0), "world_model.cell.meta_prior_net.", ("ms", "ms_prior")),
         (dict(w_mv=0.0), "world_model.meta_value.", ("mv", "scenario_value", "meta_value")),
         (dict(w_mv=0.0), "world_model.scenario_values.", ()),
         (dict(world_model=dataclasses.replace(TINY, auxiliary_dim=0)), "world_model.cell.auxiliary_", ("kl_u",)),
@@ -145,52 +199,29 @@ def test_ablation_switch_removes_its_parameters_and_terms(change, removed_parame
 
 def test_without_deterministic_state_the_latent_has_no_h():
     model = make_model(world_model=dataclasses.replace(TINY, deterministic_dim=0))
-    _, observation = model.losses(synthetic_batch())
-    assert observation.latents.deterministic.shape[-1] == 0
-    assert observation.latents.features.shape[-1] == 8 + 4
-
-
-def test_context_is_causal_and_starts_from_the_prompt():
-    model = make_model()
-    batch = synthetic_batch()
-    wm = model.world_model
-    base = wm.observe(batch).context
-    changed = dict(batch)
-    changed["obs"] = batch["obs"].clone()
-    changed["obs"][:, 5:] += 1.0  # the future from o_5 on
-    context = wm.observe(changed).context
-    # c_t sees transitions before t only: (o_5, a_5, r_5) first enters c_6.
-    assert torch.allclose(context[:, :6], base[:, :6], atol=1e-6)
-    assert not torch.allclose(context[:, 6:], base[:, 6:])
-    other_prompt = dict(batch, prompt_obs=batch["prompt_obs"] + 1.0)
-    assert not torch.allclose(wm.observe(other_prompt).context[:, 0], base[:, 0])
+    _, predictions = model.losses(synthetic_batch())
+    assert predictions.latents.deterministic.shape[-1] == 0
+    assert predictions.latents.features.shape[-1] == 8 + 4
 
 
 def test_history_context_ignores_the_prompt():
     model = make_model(world_model=dataclasses.replace(TINY, context="history"))
     batch = synthetic_batch()
-    base = model.world_model.observe(batch).context
+    base = model.world_model.predict(batch).context
     other_prompt = dict(batch, prompt_obs=batch["prompt_obs"] + 1.0)
-    assert torch.allclose(model.world_model.observe(other_prompt).context, base)
+    assert torch.allclose(model.world_model.predict(other_prompt).context, base)
 
 
 def test_padded_dims_do_not_reach_the_model():
     model = make_model()
     batch = synthetic_batch()
-    noisy = dict(batch, obs=batch["obs"] + (1 - batch["obs_mask"][:, None]) * 5.0)
+    padding = 1 - model.world_model.obs_mask[batch["domain"]]
+    noisy = dict(batch, obs=batch["obs"] + padding[:, None] * 5.0)
     torch.manual_seed(0)
     a, _ = model.losses(batch)
     torch.manual_seed(0)
     b, _ = model.losses(noisy)
     assert torch.allclose(a["obs"], b["obs"]) and torch.allclose(a["kl_z"], b["kl_z"])
-
-
-def test_open_loop_prediction_and_imagination_shapes():
-    model = make_model()
-    batch = synthetic_batch()
-    predicted = model.world_model.open_loop(batch, burn_in=7, horizon=5)
-    assert predicted.shape == (6, 5, 17)
-    assert torch.isfinite(predicted).all()
 
 
 def test_nan_loss_stops_with_the_term_named(monkeypatch):

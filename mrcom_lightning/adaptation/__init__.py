@@ -1,6 +1,6 @@
 """Scenario adaptation: policy learning in imagination (Algorithm 2, DESIGN.md §5)."""
 
-from mrcom_lightning.adaptation.history import RealHistory, model_batch
+from mrcom_lightning.adaptation.history import RealHistory
 from mrcom_lightning.adaptation.imagination import imagine
 from mrcom_lightning.adaptation.loop import AdaptationConfig, AdaptationResult, adapt, score_of
 from mrcom_lightning.adaptation.targets import resolve_targets
@@ -11,7 +11,6 @@ __all__ = [
     "RealHistory",
     "adapt",
     "imagine",
-    "model_batch",
     "resolve_targets",
     "score_of",
 ]

@@ -10,8 +10,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mrcom_lightning.adaptation.loop import AdaptationConfig, adapt
 from mrcom_lightning.adaptation.targets import resolve_targets
-
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+from mrcom_lightning.checkpoints import allow_project_globals, exit_on_checkpoint_error, load_checkpoint
+from mrcom_lightning.tracking import DEFAULT_TRACKING_URI
 
 
 def adapt_parser() -> ArgumentParser:
@@ -55,9 +55,19 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
             mlflow.log_metric(f"adapt/{name}/score", score, step=step)
 
 
-def adapt_main(argv: list[str]) -> None:
+def _load_module(ckpt_path: str):
+    """The MrCoM of a checkpoint that `load_checkpoint` has accepted, rebuilt by Lightning.
+
+    Lightning reads the file again (weights-only, with the same allow-list) so that the module
+    is restored exactly as Lightning restores it, hooks included.
+    """
     from mrcom_lightning.module import MrCoM
 
+    with allow_project_globals():
+        return MrCoM.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+
+
+def adapt_main(argv: list[str]) -> None:
     parser = adapt_parser()
     config = parser.parse_args(argv)
     try:
@@ -65,12 +75,16 @@ def adapt_main(argv: list[str]) -> None:
         if settings.threads < 1:
             raise ValueError(f"threads must be >= 1, got {settings.threads}")
         torch.set_num_threads(settings.threads)
-        checkpoint = torch.load(settings.ckpt_path, map_location="cpu", weights_only=False)
+    except ValueError as err:
+        parser.error(str(err))
+    with exit_on_checkpoint_error("mrcom adapt"):
+        checkpoint = load_checkpoint(settings.ckpt_path)
+    try:
         scenarios = checkpoint["datamodule_hyper_parameters"]["dataset"].scenarios
         targets = resolve_targets(scenarios, settings.target)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, KeyError) as err:
         parser.error(str(err))
-    module = MrCoM.load_from_checkpoint(settings.ckpt_path, map_location="cpu", weights_only=False)
+    module = _load_module(settings.ckpt_path)
     rows = []
     for name, spec in targets.items():
         for seed in settings.seeds:

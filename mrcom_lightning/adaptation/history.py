@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mrcom_lightning.batch import Batch, pad_batch
+
 
 class RealHistory:
     """Every real transition of the target, kept as episodes (obs [T+1], action [T], reward [T])."""
@@ -39,65 +41,60 @@ class RealHistory:
         """Completed episodes plus the running one (if it has a transition)."""
         return self.episodes + ([self._current()] if self._action else [])
 
-    def prompt(self, length: int) -> dict[str, np.ndarray] | None:
-        """The first `length` transitions of the best real episode so far (the target has no expert):
-        None while no episode is that long."""
-        candidates = [e for e in self.all_episodes() if len(e["action"]) >= length]
-        if not candidates:
-            return None
-        best = max(candidates, key=lambda e: float(e["reward"].sum()))
-        return {"obs": best["obs"][:length], "action": best["action"][:length], "reward": best["reward"][:length]}
+    def _prompt_for(self, window_episode: int, episodes: list[dict[str, np.ndarray]], length: int):
+        """The prompt of a window: the first `length` transitions of the best real episode other than
+        the window's own (the target has no expert); while there is none, of the window's own
+        episode, whose windows then start after the prompt ends (the prompt is their past)."""
+        others = [i for i, e in enumerate(episodes) if i != window_episode and len(e["action"]) >= length]
+        source = max(others, key=lambda i: float(episodes[i]["reward"].sum())) if others else window_episode
+        episode = episodes[source]
+        if len(episode["action"]) < length:
+            return None, 0
+        prompt = {key: episode[key][:length] for key in ("obs", "action", "reward")}
+        return prompt, (0 if others else length)
 
-    def windows(self, count: int, length: int, prompt_length: int, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
-        """`count` windows of `length` transitions (obs [N, length+1]) ending at uniformly drawn real steps,
-        with the prompt, in the datamodule's batch layout (unpadded). None when no episode is long enough."""
-        prompt = self.prompt(prompt_length)
-        episodes = [e for e in self.all_episodes() if len(e["action"]) >= length]
-        if prompt is None or not episodes:
+    def windows(self, count: int, length: int, prompt_length: int, rng: np.random.Generator) -> dict[str, list] | None:
+        """`count` windows of `length` transitions (obs [length+1]) ending at uniformly drawn real steps,
+        each with its prompt, at the target's own sizes. None while no episode has room for one."""
+        episodes = self.all_episodes()
+        choices = []
+        for i, episode in enumerate(episodes):
+            prompt, earliest = self._prompt_for(i, episodes, prompt_length)
+            room = len(episode["action"]) - length + 1 - earliest
+            if prompt is not None and room > 0:
+                choices.append((i, prompt, earliest, room))
+        if not choices:
             return None
-        sizes = np.array([len(e["action"]) - length + 1 for e in episodes])
-        picks = rng.choice(len(episodes), size=count, p=sizes / sizes.sum())
-        obs, action, reward = [], [], []
-        for i in picks:
-            start = int(rng.integers(sizes[i]))
+        sizes = np.array([room for *_, room in choices])
+        out: dict[str, list] = {key: [] for key in ("obs", "action", "reward", "prompt_obs", "prompt_action", "prompt_reward")}
+        for pick in rng.choice(len(choices), size=count, p=sizes / sizes.sum()):
+            i, prompt, earliest, room = choices[pick]
+            start = earliest + int(rng.integers(room))
             episode = episodes[i]
-            obs.append(episode["obs"][start : start + length + 1])
-            action.append(episode["action"][start : start + length])
-            reward.append(episode["reward"][start : start + length])
-        return {
-            "obs": np.stack(obs),
-            "action": np.stack(action),
-            "reward": np.stack(reward),
-            "prompt_obs": np.repeat(prompt["obs"][None], count, 0),
-            "prompt_action": np.repeat(prompt["action"][None], count, 0),
-            "prompt_reward": np.repeat(prompt["reward"][None], count, 0),
-        }
+            out["obs"].append(episode["obs"][start : start + length + 1])
+            out["action"].append(episode["action"][start : start + length])
+            out["reward"].append(episode["reward"][start : start + length])
+            for key in ("obs", "action", "reward"):
+                out[f"prompt_{key}"].append(prompt[key])
+        return out
 
-
-def model_batch(windows: dict[str, np.ndarray], domain: int, obs_max: int, act_max: int, device) -> dict[str, torch.Tensor]:
-    """Windows of one domain as the world model's batch: zero-padded, with masks and ids."""
-    count, steps = windows["action"].shape[:2]
-
-    def pad(x: np.ndarray, size: int) -> torch.Tensor:
-        out = np.zeros((*x.shape[:-1], size), dtype=np.float32)
-        out[..., : x.shape[-1]] = x
-        return torch.as_tensor(out, device=device)
-
-    obs_dim, act_dim = windows["obs"].shape[-1], windows["action"].shape[-1]
-    obs_mask = torch.zeros(count, obs_max, device=device)
-    obs_mask[:, :obs_dim] = 1
-    action_mask = torch.zeros(count, act_max, device=device)
-    action_mask[:, :act_dim] = 1
-    return {
-        "obs": pad(windows["obs"], obs_max),
-        "action": pad(windows["action"], act_max),
-        "reward": torch.as_tensor(windows["reward"], device=device),
-        "terminal": torch.zeros(count, steps, dtype=torch.bool, device=device),
-        "obs_mask": obs_mask,
-        "action_mask": action_mask,
-        "domain": torch.full((count,), domain, dtype=torch.long, device=device),
-        "scenario": torch.full((count,), -1, dtype=torch.long, device=device),
-        "prompt_obs": pad(windows["prompt_obs"], obs_max),
-        "prompt_action": pad(windows["prompt_action"], act_max),
-        "prompt_reward": torch.as_tensor(windows["prompt_reward"], device=device),
-    }
+    def batch(
+        self, count: int, length: int, prompt_length: int, rng: np.random.Generator, domain: int, obs_max: int,
+        act_max: int, device: str | torch.device = "cpu",
+    ) -> Batch | None:
+        """`windows(...)` as the world model's batch of domain id `domain`."""
+        windows = self.windows(count, length, prompt_length, rng)
+        if windows is None:
+            return None
+        return pad_batch(
+            obs=np.stack(windows["obs"]),
+            action=np.stack(windows["action"]),
+            reward=np.stack(windows["reward"]),
+            domain=np.full(count, domain),
+            prompt_obs=np.stack(windows["prompt_obs"]),
+            prompt_action=np.stack(windows["prompt_action"]),
+            prompt_reward=np.stack(windows["prompt_reward"]).reshape(count, prompt_length),
+            obs_max=obs_max,
+            act_max=act_max,
+            device=device,
+        )

@@ -9,17 +9,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mrcom_lightning.adaptation.history import RealHistory, model_batch
+from mrcom_lightning.adaptation.history import RealHistory
 from mrcom_lightning.adaptation.imagination import imagine
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
-from mrcom_lightning.scenarios import ScenarioSpec, make_env, observed_dim
-from mrcom_lightning.scenarios.domains import get_domain
+from mrcom_lightning.scenarios import ScenarioSpec, make_env
+from mrcom_lightning.seeding import derive_seed
 
 
 @dataclasses.dataclass
@@ -120,10 +119,10 @@ def _fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: i
     module.train()
     prompt_length = module.world_model.config.context_length
     for _ in range(config.fine_tune_steps):
-        windows = history.windows(16, config.history_length, prompt_length, rng)
-        if windows is None:
+        batch = history.batch(16, config.history_length, prompt_length, rng, domain, max(module.obs_dims),
+                              max(module.act_dims), device)
+        if batch is None:
             return
-        batch = model_batch(windows, domain, max(module.obs_dims), max(module.act_dims), device)
         terms, _ = module.losses(batch)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -174,7 +173,7 @@ def adapt(
         return action
 
     def evaluation_env(index: int):
-        return make_env(target, seed=seed * 1_000_003 + index, episode_steps=config.episode_steps)
+        return make_env(target, seed=derive_seed(seed, "evaluation", index), episode_steps=config.episode_steps)
 
     obs = env.reset()
     history.start(obs)
@@ -195,9 +194,9 @@ def adapt(
         if use_model and learning and (step - config.warmup_steps - 1) % config.rollout_every == 0:
             if optimizer is not None:
                 _fine_tune(module, history, config, domain_id, optimizer, rng, device)
-            windows = history.windows(config.rollout_batch, config.history_length, module.world_model.config.context_length, rng)
-            if windows is not None:
-                batch = model_batch(windows, domain_id, max(module.obs_dims), max(module.act_dims), device)
+            batch = history.batch(config.rollout_batch, config.history_length, module.world_model.config.context_length,
+                                  rng, domain_id, max(module.obs_dims), max(module.act_dims), device)
+            if batch is not None:
                 rollouts = imagine(module.world_model, batch, policy, config.horizon, obs_dim, act_dim)
                 model_pool.add(*(rollouts[k].cpu().numpy() for k in ("obs", "action", "reward", "next_obs", "done")))
                 imagined += len(rollouts["reward"])

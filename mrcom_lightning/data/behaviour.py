@@ -8,21 +8,16 @@ its replay, cut back into whole episodes, the `mix` data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 import torch
 
 from mrcom_lightning.agents import train_sac
+from mrcom_lightning.data.dataset import DatasetConfig
 from mrcom_lightning.data.episodes import Episode, EpisodeStore, atomic_write
 from mrcom_lightning.scenarios import make_env
-
-if TYPE_CHECKING:
-    from mrcom_lightning.data.collect import DatasetConfig
+from mrcom_lightning.seeding import derive_seed
 
 AGENTS_DIR = "_agents"
 EVALUATIONS = 10  # snapshots per run, among which expert and medium are chosen
@@ -37,7 +32,7 @@ def _save(path: Path, checkpoint: dict) -> None:
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
-def train_domain(config: "DatasetConfig", domain: str, store: EpisodeStore, progress: bool) -> dict[str, Path]:
+def train_domain(config: DatasetConfig, domain: str, store: EpisodeStore, progress: bool) -> dict[str, Path]:
     """Trains (or finds) the behaviour agent of one domain; writes its `mix` episodes."""
     paths = agent_paths(config.root, domain)
     if paths["summary"].exists():  # written last: the agent and its mix data are complete
@@ -45,7 +40,7 @@ def train_domain(config: "DatasetConfig", domain: str, store: EpisodeStore, prog
     specs = [spec for spec in config.scenarios.train if spec.domain == domain]
 
     def make(index: int):
-        return make_env(specs[index % len(specs)], seed=config.seed * 1_000_003 + index, episode_steps=config.episode_steps)
+        return make_env(specs[index % len(specs)], seed=derive_seed(config.seed, "behaviour", domain, index), episode_steps=config.episode_steps)
 
     snapshots: list[tuple[int, float, dict]] = []
     result = train_sac(
@@ -85,7 +80,7 @@ def train_domain(config: "DatasetConfig", domain: str, store: EpisodeStore, prog
     return paths
 
 
-def train_behaviour_agents(config: "DatasetConfig", store: EpisodeStore, progress: bool = True) -> dict[tuple[str, str], str]:
+def train_behaviour_agents(config: DatasetConfig, store: EpisodeStore, progress: bool = True) -> dict[tuple[str, str], str]:
     """(domain, policy) -> agent checkpoint path, for `expert` and `medium` of every domain."""
     agents = {}
     for domain in config.scenarios.domains:

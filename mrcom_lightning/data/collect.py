@@ -14,58 +14,24 @@ import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
-import zlib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mrcom_lightning.agents import SAC, SACConfig
+from mrcom_lightning.agents import SAC
+from mrcom_lightning.checkpoints import load_checkpoint
+from mrcom_lightning.data.behaviour import train_behaviour_agents
+from mrcom_lightning.data.dataset import DatasetConfig
 from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
-from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioEnv, ScenarioSpec, make_env
+from mrcom_lightning.scenarios import SPLITS, ScenarioEnv, ScenarioSpec, make_env
+from mrcom_lightning.seeding import derive_seed
+
+__all__ = ["DatasetConfig", "collect", "is_complete", "episode_seed", "run_episode"]
 
 MANIFEST = "dataset.json"
-
-
-@dataclasses.dataclass
-class DatasetConfig:
-    """Which behaviour data to collect, and where.
-
-    Attributes:
-        root: dataset directory.
-        scenarios: the meta-scenario set whose train, test_id and test_ood scenarios are collected.
-        behaviour: `random`, or `sac` (yields the `expert`, `medium` and `mix` policies).
-        episodes_per_scenario: episodes per training scenario and policy.
-        test_episodes_per_scenario: episodes per validation and test scenario (ID and OOD) and policy.
-        episode_steps: steps per episode (dm_control's default is 1000).
-        sac_steps: environment steps of SAC training per domain (behaviour `sac`).
-        sac: SAC settings of the behaviour agents.
-        seed: seeds every episode and agent.
-    """
-
-    root: str = "data/multi"
-    scenarios: MetaScenarioSet = dataclasses.field(default_factory=MetaScenarioSet)
-    behaviour: Literal["random", "sac"] = "random"
-    episodes_per_scenario: int = 4
-    test_episodes_per_scenario: int = 2
-    episode_steps: int = 500
-    sac_steps: int = 100_000
-    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("episodes_per_scenario", "test_episodes_per_scenario", "episode_steps", "sac_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-
-    @property
-    def policies(self) -> tuple[str, ...]:
-        return ("random",) if self.behaviour == "random" else ("expert", "medium", "mix")
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +46,7 @@ class _Job:
 
 def episode_seed(dataset_seed: int, spec: ScenarioSpec, policy: str, index: int) -> int:
     """The seed of one episode, from its place in the dataset only."""
-    entropy = [dataset_seed, zlib.crc32(spec.id.encode()), POLICIES.index(policy), index]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+    return derive_seed(dataset_seed, spec.id, POLICIES.index(policy), index)
 
 
 _AGENTS: dict[str, SAC] = {}  # per worker process: each behaviour agent is loaded once
@@ -89,7 +54,7 @@ _AGENTS: dict[str, SAC] = {}  # per worker process: each behaviour agent is load
 
 def _load_agent(path: str) -> SAC:
     if path not in _AGENTS:
-        _AGENTS[path] = SAC.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+        _AGENTS[path] = SAC.from_checkpoint(load_checkpoint(path))  # weights only: never runs code from the file
     return _AGENTS[path]
 
 
@@ -194,8 +159,6 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
     store.clean()
     agents = {}
     if config.behaviour == "sac":
-        from mrcom_lightning.data.behaviour import train_behaviour_agents
-
         agents = train_behaviour_agents(config, store, progress=progress)
     jobs = _jobs(config, agents)
     bar = tqdm(total=len(jobs), desc="collect episodes", unit="ep", disable=not progress or not jobs)

@@ -5,7 +5,14 @@ from mrcom_lightning.models.latent import LatentCell, LatentSequence
 from mrcom_lightning.models.losses import MetaStateLoss, MetaValueLoss, ValueLoss, WorldModelLoss
 from mrcom_lightning.models.tokenizers import DomainDecoder, DomainTokenizer
 from mrcom_lightning.models.value import MetaValue, ScenarioValues
-from mrcom_lightning.models.world_model import Observation, WorldModel, WorldModelConfig
+from mrcom_lightning.models.world_model import (
+    ImaginedState,
+    Predictions,
+    Rollout,
+    ValuePredictions,
+    WorldModel,
+    WorldModelConfig,
+)
 
 __all__ = [
     "ContextTransformer",
@@ -16,9 +23,12 @@ __all__ = [
     "MetaStateLoss",
     "MetaValue",
     "MetaValueLoss",
-    "Observation",
+    "ImaginedState",
+    "Predictions",
+    "Rollout",
     "ScenarioValues",
     "ValueLoss",
+    "ValuePredictions",
     "WorldModel",
     "WorldModelConfig",
     "WorldModelLoss",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent
 
-from mrcom_lightning.models.layers import GaussianHead, mlp
+from mrcom_lightning.models.layers import GaussianHead
 
 
 @dataclasses.dataclass
@@ -131,7 +131,7 @@ class LatentCell(nn.Module):
     def observe(self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor) -> LatentSequence:
         """The posterior pass over e_0..e_N, a_{-1}..a_{N-1} (a_{-1} = 0) and c_0..c_N, all [B, N+1, ·]."""
         recurrent, stochastic, mean, std = self._call("_unroll", obs_embed, prev_action_embed, context)
-        posterior = Independent(torch.distributions.Normal(mean, std), 1)
+        posterior = Independent(torch.distributions.Normal(mean, std, validate_args=False), 1, validate_args=False)
         auxiliary_posterior = (
             self.auxiliary_posterior_net(torch.cat([context, obs_embed], dim=-1)) if self.auxiliary_dim else None
         )

@@ -1,17 +1,21 @@
-"""The world model's losses, each a small module that names its equation and returns named terms."""
+"""The world model's losses: each a small module that names its equation, reads the predictions
+of one posterior pass (`WorldModel.predict`) and the batch, and returns named terms."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.distributions import Independent, kl_divergence
 
-from mrcom_lightning.models.world_model import Observation, WorldModel
+from mrcom_lightning.batch import Batch
+from mrcom_lightning.models.world_model import Predictions
 
 
 def _detached(dist: Independent) -> Independent:
     base = dist.base_dist
-    return Independent(type(base)(base.loc.detach(), base.scale.detach()), 1)
+    return Independent(type(base)(base.loc.detach(), base.scale.detach(), validate_args=False), 1, validate_args=False)
 
 
 def balanced_kl(posterior: Independent, prior: Independent, dynamics: float, representation: float, free_nats: float):
@@ -30,31 +34,42 @@ def masked_sum(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (error * mask.unsqueeze(1)).sum(-1).mean()
 
 
+def rows_mean(error: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean of error [B, N] over the selected rows [B] (0 with a graph when none is selected)."""
+    weight = rows.to(error.dtype).unsqueeze(1).expand_as(error)
+    return (error * weight).sum() / weight.sum().clamp(min=1)
+
+
 class WorldModelLoss(nn.Module):
     """Eq. 10: L_wm = −log p(o_t | s_t) − log p(r_t | s_t) + KL(q(z_t)‖p(z_t)) + KL(q(u_t)‖p(u_t)).
 
     −log p(o | s) is a unit Gaussian in the normalised observation space (standardised per
-    domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a two-hot cross-entropy, r_t predicted from s_{t+1}.
+    domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a
+    two-hot cross-entropy (`reward_nll`), r_t predicted from s_{t+1}.
     """
 
-    def __init__(self, *, kl_dynamics: float = 0.5, kl_representation: float = 0.1, free_nats: float = 1.0):
+    def __init__(
+        self,
+        reward_nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        kl_dynamics: float = 0.5,
+        kl_representation: float = 0.1,
+        free_nats: float = 1.0,
+    ):
         super().__init__()
+        self.reward_nll = reward_nll
         self.kl_dynamics, self.kl_representation, self.free_nats = kl_dynamics, kl_representation, free_nats
 
-    def forward(self, model: WorldModel, observation: Observation, batch: dict) -> dict[str, torch.Tensor]:
-        latents = observation.latents
-        features = latents.features
-        prediction = model.decode(features, batch["domain"])
-        target = model.normalize_obs(batch["obs"], batch["domain"])
-        terms = {"obs": 0.5 * masked_sum((prediction - target) ** 2, batch["obs_mask"])}
-        terms["reward"] = model.twohot.nll(model.reward_logits(features[:, 1:]), batch["reward"]).mean()
-        terms["kl_z"], terms["kl_z_value"] = balanced_kl(
-            latents.posterior, latents.prior, self.kl_dynamics, self.kl_representation, self.free_nats
-        )
+    def forward(self, predictions: Predictions, batch: Batch) -> dict[str, torch.Tensor]:
+        p, latents = predictions, predictions.latents
+        kl = dict(dynamics=self.kl_dynamics, representation=self.kl_representation, free_nats=self.free_nats)
+        terms = {
+            "obs": 0.5 * masked_sum((p.obs - p.obs_target) ** 2, p.obs_mask),
+            "reward": self.reward_nll(p.reward_logits, batch["reward"]).mean(),
+        }
+        terms["kl_z"], terms["kl_z_value"] = balanced_kl(latents.posterior, latents.prior, **kl)
         if latents.auxiliary_posterior is not None:
-            terms["kl_u"], terms["kl_u_value"] = balanced_kl(
-                latents.auxiliary_posterior, latents.auxiliary_prior, self.kl_dynamics, self.kl_representation, self.free_nats
-            )
+            terms["kl_u"], terms["kl_u_value"] = balanced_kl(latents.auxiliary_posterior, latents.auxiliary_prior, **kl)
         terms["wm"] = terms["obs"] + terms["reward"] + terms["kl_z"] + terms.get("kl_u", 0.0)
         return terms
 
@@ -63,40 +78,47 @@ class MetaStateLoss(nn.Module):
     """Eq. 11–12: L_ms = KL(q(z_t | h_t, c_t, e_t) ‖ r(z_t | a_{t−1}, c_t)).
 
     An upper bound on I(z_t; o_t): z keeps only what the action and the scenario explain.
-    Split and clipped like the KL of L_wm so that it cannot collapse.
+    `ms` = max(free_nats, KL(q ‖ sg r)) is the term that pulls q toward r, the one that w_ms
+    weighs; `ms_prior` = max(free_nats, KL(sg q ‖ r)) fits the variational prior r to q and
+    reaches r only, so r keeps learning whatever w_ms is (a 0.5/0.1 split of one term would
+    leave q only w_ms × 0.1 of the pull).
     """
 
-    def __init__(self, *, kl_dynamics: float = 0.5, kl_representation: float = 0.1, free_nats: float = 1.0):
+    def __init__(self, *, free_nats: float = 1.0):
         super().__init__()
-        self.kl_dynamics, self.kl_representation, self.free_nats = kl_dynamics, kl_representation, free_nats
+        self.free_nats = free_nats
 
-    def forward(self, observation: Observation) -> dict[str, torch.Tensor]:
-        latents = observation.latents
-        loss, value = balanced_kl(
-            latents.posterior, latents.meta_prior, self.kl_dynamics, self.kl_representation, self.free_nats
-        )
-        return {"ms": loss, "ms_value": value}
+    def forward(self, predictions: Predictions) -> dict[str, torch.Tensor]:
+        q, r = predictions.latents.posterior, predictions.latents.meta_prior
+        pull = kl_divergence(q, _detached(r))
+        fit = kl_divergence(_detached(q), r)
+        return {
+            "ms": pull.clamp(min=self.free_nats).mean(),
+            "ms_prior": fit.clamp(min=self.free_nats).mean(),
+            "ms_value": pull.detach().mean(),
+        }
 
 
 class ValueLoss(nn.Module):
     """Eq. 13–14: V_k(s_t) ← (1−γ) r_t + γ V̄_k(s_{t+1}) and (V_meta(s) − sg V_k(s))².
 
-    Both see the latents detached: the value losses train the value heads only. Rows from
-    scenarios outside the training set (scenario id −1) are left out.
+    The value heads read the latents detached: these losses train the value heads only. Rows
+    from scenarios outside the training set (scenario id −1) are left out. Values are in units
+    of (1 − γ) × return, so they lie in the rewards' range.
     """
 
-    def forward(self, model: WorldModel, observation: Observation, batch: dict) -> dict[str, torch.Tensor]:
-        rows = batch["scenario"] >= 0
-        features = observation.latents.features.detach()[rows]
-        scenario = batch["scenario"][rows]
-        if features.shape[0] == 0:
-            zero = observation.latents.features.sum() * 0
-            return {"scenario_value": zero, "meta_value": zero}
-        values = model.scenario_values
-        target = values.bellman_target(features[:, 1:], batch["reward"][rows], batch["terminal"][rows], scenario)
-        scenario_value = ((values(features[:, :-1], scenario) - target) ** 2).mean()
-        meta_value = ((model.meta_value(features) - values(features, scenario).detach()) ** 2).mean()
-        return {"scenario_value": scenario_value, "meta_value": meta_value}
+    def __init__(self, discount: float):
+        super().__init__()
+        self.discount = discount
+
+    def forward(self, predictions: Predictions, batch: Batch) -> dict[str, torch.Tensor]:
+        v, rows = predictions.values, batch["scenario"] >= 0
+        not_terminal = 1 - batch["terminal"].to(v.scenario.dtype)
+        target = (1 - self.discount) * batch["reward"] + self.discount * not_terminal * v.scenario_target[:, 1:]
+        return {
+            "scenario_value": rows_mean((v.scenario[:, :-1] - target) ** 2, rows),
+            "meta_value": rows_mean((v.meta - v.scenario.detach()) ** 2, rows),
+        }
 
 
 class MetaValueLoss(nn.Module):
@@ -106,11 +128,6 @@ class MetaValueLoss(nn.Module):
     infers from the real observation. Gradients reach the world model only, not V_meta.
     """
 
-    def forward(self, model: WorldModel, observation: Observation) -> dict[str, torch.Tensor]:
-        latents = observation.latents
-        predicted = [latents.prior.rsample(), latents.deterministic]
-        if latents.auxiliary_prior is not None:
-            predicted.append(latents.auxiliary_prior.rsample())
-        predicted = torch.cat(predicted, dim=-1)[:, 1:]
-        target = model.meta_value(latents.features[:, 1:]).detach()
-        return {"mv": ((model.meta_value.frozen(predicted) - target) ** 2).mean()}
+    def forward(self, predictions: Predictions) -> dict[str, torch.Tensor]:
+        v = predictions.values
+        return {"mv": ((v.meta_of_prior[:, 1:] - v.meta[:, 1:].detach()) ** 2).mean()}

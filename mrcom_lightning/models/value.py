@@ -17,9 +17,8 @@ class ScenarioValues(nn.Module):
     Values are in units of (1 − γ) × return, so they lie in the rewards' range.
     """
 
-    def __init__(self, feature_dim: int, num_scenarios: int, hidden_dim: int, discount: float):
+    def __init__(self, feature_dim: int, num_scenarios: int, hidden_dim: int):
         super().__init__()
-        self.discount = discount
         self.net = mlp(feature_dim, num_scenarios, hidden_dim, 3)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
 
@@ -33,10 +32,9 @@ class ScenarioValues(nn.Module):
         return self._pick(self.net(features), scenario)
 
     @torch.no_grad()
-    def bellman_target(self, next_features, reward, terminal, scenario) -> torch.Tensor:
-        """(1 − γ) r_t + γ V̄_k(s_{t+1}), with V̄ the target network."""
-        next_value = self._pick(self.target_net(next_features), scenario)
-        return (1 - self.discount) * reward + self.discount * (1 - terminal.float()) * next_value
+    def target(self, features: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
+        """V̄_k(s) of the Polyak-averaged target network, which gives the bootstrap targets."""
+        return self._pick(self.target_net(features), scenario)
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:

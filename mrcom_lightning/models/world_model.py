@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
+from mrcom_lightning.batch import Batch, dim_masks
 from mrcom_lightning.models.context import ContextTransformer
 from mrcom_lightning.models.latent import LatentCell, LatentSequence
 from mrcom_lightning.models.layers import TwoHot, mlp, symexp, symlog
@@ -69,13 +70,80 @@ class WorldModelConfig:
 
 
 @dataclasses.dataclass
-class Observation:
-    """What a posterior pass over a window gives: latents, context and embeddings, all [B, N+1, ·]."""
+class ValuePredictions:
+    """The value heads on a window's posterior latents, each [B, N+1] (Eq. 13–15).
+
+    `scenario` is V_k(sg s_t) of the row's training scenario (rows outside training read head
+    0; the losses leave them out), `scenario_target` V̄_k(s_t) of the target network,
+    `meta` V_meta(sg s_t), and `meta_of_prior` V_meta(ŝ_t) with V_meta's parameters held out,
+    ŝ_t = [z_t ~ p(z_t | h_t, c_t), h_t, u_t ~ p(u_t | c_t)] the latent the model predicts.
+    """
+
+    scenario: torch.Tensor
+    scenario_target: torch.Tensor
+    meta: torch.Tensor
+    meta_of_prior: torch.Tensor
+
+
+@dataclasses.dataclass
+class Predictions:
+    """One posterior pass over a window and every head's output on it; the losses and the
+    metrics read these, nothing runs twice.
+
+    Attributes:
+        latents: s_0..s_N with their priors and posteriors (`LatentSequence`).
+        context: c_0..c_N, [B, N+1, D].
+        prompt_tokens, history_tokens: the context window's tokens, [B, L, D] and [B, N, D]
+            (imagination continues the window from them).
+        obs: decoded o_0..o_N in the normalised space, [B, N+1, O_max], zero on padding.
+        obs_target: the real o_0..o_N in the same space.
+        obs_mask: [B, O_max], 1 on the row's real observation dims.
+        reward_logits: r_0..r_{N−1} predicted from s_1..s_N, [B, N, bins].
+        reward: their expectation in the reward's own units, [B, N].
+        values: the value heads' outputs, or None without L_mv.
+    """
 
     latents: LatentSequence
     context: torch.Tensor
-    obs_embed: torch.Tensor
-    prev_action_embed: torch.Tensor
+    prompt_tokens: torch.Tensor | None
+    history_tokens: torch.Tensor | None
+    obs: torch.Tensor
+    obs_target: torch.Tensor
+    obs_mask: torch.Tensor
+    reward_logits: torch.Tensor
+    reward: torch.Tensor
+    values: ValuePredictions | None
+
+
+@dataclasses.dataclass
+class ImaginedState:
+    """Where a rollout stands at step t: the latent (h_t, z_t), the observation o_t (raw scale,
+    padded) with the reward r_{t−1} that arrived with it, and the context window's tokens up to
+    transition t − 1 (None without a context). `context` is c_t (the last one read)."""
+
+    recurrent: torch.Tensor
+    stochastic: torch.Tensor
+    obs: torch.Tensor
+    prev_reward: torch.Tensor
+    tokens: torch.Tensor | None
+    context: torch.Tensor
+
+
+@dataclasses.dataclass
+class Rollout:
+    """H imagined transitions from a start state: the observations o_t..o_{t+H−1} the actions
+    were taken in (the real one first), the actions, the predicted observations ô_{t+1}..ô_{t+H}
+    and rewards r̂_t..r̂_{t+H−1}: [B, H, O_max], [B, H, A_max], [B, H, O_max], [B, H]."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    next_obs: torch.Tensor
+    reward: torch.Tensor
+
+
+def shifted(reward: torch.Tensor) -> torch.Tensor:
+    """r_{i−1} for every transition i of a sequence [B, N], 0 for the first (none is known)."""
+    return torch.cat([torch.zeros_like(reward[:, :1]), reward[:, :-1]], dim=1)
 
 
 class WorldModel(nn.Module):
@@ -104,6 +172,7 @@ class WorldModel(nn.Module):
         self.register_buffer("obs_mean", torch.zeros(len(self.obs_dims), max(self.obs_dims)))
         self.register_buffer("obs_std", torch.ones(len(self.obs_dims), max(self.obs_dims)))
         self.register_buffer("obs_statistics_set", torch.tensor(False))
+        self.register_buffer("obs_mask", dim_masks(self.obs_dims), persistent=False)
         self.context_net = (
             ContextTransformer(c.embed_dim, c.context_length, c.heads, c.layers, use_prompt=c.context == "prompt")
             if c.context != "none"
@@ -118,7 +187,7 @@ class WorldModel(nn.Module):
         self.reward_head = mlp(feature_dim, c.reward_bins, c.hidden_dim, 3)
         nn.init.zeros_(self.reward_head[-1].weight)  # DreamerV3: start predicting zero reward
         self.scenario_values = (
-            ScenarioValues(feature_dim, num_scenarios, c.hidden_dim, c.discount) if meta_value else None
+            ScenarioValues(feature_dim, num_scenarios, c.hidden_dim) if meta_value else None
         )
         self.meta_value = MetaValue(feature_dim, c.hidden_dim) if meta_value else None
 
@@ -150,72 +219,117 @@ class WorldModel(nn.Module):
         shape = (obs.shape[0],) + (1,) * (obs.dim() - 2) + (obs.shape[-1],)
         return obs * self.obs_std[domain].view(shape) + self.obs_mean[domain].view(shape)
 
-    def context(self, prompt_tokens: torch.Tensor | None, history_tokens: torch.Tensor) -> torch.Tensor:
-        """c_0..c_N from the prompt and the history (zeros without a context)."""
-        batch, steps, dim = history_tokens.shape
-        if self.context_net is None:
-            return history_tokens.new_zeros(batch, steps + 1, dim)
-        if prompt_tokens is None:
-            prompt_tokens = history_tokens.new_zeros(batch, self.config.context_length, dim)
-        return self.context_net(prompt_tokens, history_tokens)
-
-    def transition_tokens(self, obs, action, reward, domain) -> torch.Tensor | None:
+    def tokens(self, obs: torch.Tensor, action: torch.Tensor, prev_reward: torch.Tensor, domain: torch.Tensor):
+        """Context tokens of transitions (o_i raw, a_i, r_{i−1}) [B, N, ·]; None without a context."""
         if self.context_net is None:
             return None
         obs_embed = self.obs_tokenizer(self.normalize_obs(obs, domain), domain)
-        return self.context_net.tokens(obs_embed, self.action_tokenizer(action, domain), reward)
+        return self.context_net.tokens(obs_embed, self.action_tokenizer(action, domain), prev_reward)
 
-    def observe(self, batch: dict[str, torch.Tensor]) -> Observation:
-        """The posterior pass over a window: `obs [B, N+1, O]`, `action [B, N, A]`, `reward [B, N]`,
-        `domain [B]` and the prompt `prompt_obs [B, L, O]`, `prompt_action`, `prompt_reward`."""
+    def predict(self, batch: Batch) -> Predictions:
+        """The posterior pass over a window (Eq. 4–8) and every head on it (decoder, reward,
+        values): what the losses (Eq. 10–16) and the metrics read."""
         obs, action, reward, domain = batch["obs"], batch["action"], batch["reward"], batch["domain"]
-        obs_embed = self.obs_tokenizer(self.normalize_obs(obs, domain), domain)
+        obs_target = self.normalize_obs(obs, domain)
+        obs_embed = self.obs_tokenizer(obs_target, domain)
         action_embed = self.action_tokenizer(action, domain)
         prev_action_embed = torch.cat([torch.zeros_like(action_embed[:, :1]), action_embed], dim=1)
-        context = obs_embed.new_zeros(*obs_embed.shape)
+        context, prompt, history = obs_embed.new_zeros(obs_embed.shape), None, None
         if self.context_net is not None:
-            history = self.context_net.tokens(obs_embed[:, :-1], action_embed, reward)
-            prompt = None
+            history = self.context_net.tokens(obs_embed[:, :-1], action_embed, shifted(reward))
             if self.config.context == "prompt":
-                prompt = self.transition_tokens(batch["prompt_obs"], batch["prompt_action"], batch["prompt_reward"], domain)
-            context = self.context(prompt, history)
+                prompt_reward = shifted(batch["prompt_reward"])
+                prompt = self.tokens(batch["prompt_obs"], batch["prompt_action"], prompt_reward, domain)
+            prompt = self.context_net.start(prompt, history)
+            context = self.context_net.contexts(prompt, history)
         latents = self.cell.observe(obs_embed, prev_action_embed, context)
-        return Observation(latents, context, obs_embed, prev_action_embed)
+        features = latents.features
+        reward_logits = self.reward_head(features[:, 1:])
+        return Predictions(
+            latents=latents,
+            context=context,
+            prompt_tokens=prompt,
+            history_tokens=history,
+            obs=self.decoder(features, domain),
+            obs_target=obs_target,
+            obs_mask=self.obs_mask[domain],
+            reward_logits=reward_logits,
+            reward=self.twohot.mean(reward_logits),
+            values=self._values(latents, batch["scenario"]) if self.meta_value is not None else None,
+        )
+
+    def _values(self, latents: LatentSequence, scenario: torch.Tensor) -> ValuePredictions:
+        features = latents.features.detach()  # the value losses train the value heads only
+        predicted = [latents.prior.rsample(), latents.deterministic]
+        if latents.auxiliary_prior is not None:
+            predicted.append(latents.auxiliary_prior.rsample())
+        head = scenario.clamp(min=0)
+        return ValuePredictions(
+            scenario=self.scenario_values(features, head),
+            scenario_target=self.scenario_values.target(features, head),
+            meta=self.meta_value(features),
+            meta_of_prior=self.meta_value.frozen(torch.cat(predicted, dim=-1)),
+        )
 
     def decode(self, features: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """Predicted observations in the normalised space (`normalize_obs`), zero-padded: [B, ..., O]."""
-        return self.decoder(features, domain)
+        """Predicted observations in the raw scale, zero-padded: [B, ..., O]."""
+        return self.denormalize_obs(self.decoder(features, domain), domain)
 
-    def reward_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.reward_head(features)
+    def start(self, predictions: Predictions, batch: Batch, step: int) -> ImaginedState:
+        """The rollout state at real step `step` of a window's posterior pass: (h, z) inferred from
+        o_0..o_step, the real o_step and r_{step−1}, and the context window up to transition step−1."""
+        latents = predictions.latents
+        reward = batch["reward"]
+        tokens = None
+        if predictions.history_tokens is not None:
+            tokens = torch.cat([predictions.prompt_tokens, predictions.history_tokens[:, :step]], dim=1)
+            tokens = tokens[:, -self.context_net.receptive_field :]
+        return ImaginedState(
+            recurrent=latents.recurrent[:, step],
+            stochastic=latents.stochastic[:, step],
+            obs=batch["obs"][:, step],
+            prev_reward=reward[:, step - 1] if step > 0 else torch.zeros_like(reward[:, 0]),
+            tokens=tokens,
+            context=predictions.context[:, step],
+        )
 
-    def imagine(self, recurrent, stochastic, action, domain, context):
-        """One step in imagination from (h, z) with a raw (padded) action and a fixed context.
+    def step(
+        self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor, freeze_context: bool = False
+    ) -> tuple[ImaginedState, torch.Tensor]:
+        """One imagined step with a raw (padded) action a_t: the window takes the token
+        (o_t, a_t, r_{t−1}) and gives c_{t+1}; then h_{t+1} = f(h_t, z_t, a_t), z_{t+1} ~ p(z | h_{t+1},
+        c_{t+1}), and the heads give ô_{t+1} and r̂_t. Returns the next state and r̂_t [B].
 
-        Returns the next (recurrent, stochastic), the decoded observation and the expected reward.
-        """
+        `freeze_context` keeps c at its value of the start state instead (the window does not
+        roll; measured against rolling in benchmarks/imagination.py)."""
+        tokens, context = state.tokens, state.context
+        if tokens is not None and not freeze_context:
+            token = self.tokens(state.obs[:, None], action[:, None], state.prev_reward[:, None], domain)
+            tokens = torch.cat([tokens, token], dim=1)[:, -self.context_net.receptive_field :]
+            context = self.context_net(tokens)[:, -1]
         recurrent, stochastic, features = self.cell.imagine(
-            recurrent, stochastic, self.action_tokenizer(action, domain), context
+            state.recurrent, state.stochastic, self.action_tokenizer(action, domain), context
         )
-        obs = self.denormalize_obs(self.decode(features, domain), domain)
-        reward = self.twohot.mean(self.reward_logits(features))
-        return recurrent, stochastic, obs, reward
+        reward = self.twohot.mean(self.reward_head(features))
+        obs = self.decode(features, domain)
+        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context), reward
 
-    def open_loop(self, batch: dict[str, torch.Tensor], burn_in: int, horizon: int) -> torch.Tensor:
-        """Observations predicted `horizon` steps ahead from the posterior at `burn_in` with the real
-        actions and the context held at c_{burn_in}: [B, horizon, O] (raw scale)."""
-        history = dict(
-            batch,
-            obs=batch["obs"][:, : burn_in + 1],
-            action=batch["action"][:, :burn_in],
-            reward=batch["reward"][:, :burn_in],
-        )
-        posterior = self.observe(history)
-        recurrent = posterior.latents.recurrent[:, -1]
-        stochastic = posterior.latents.stochastic[:, -1]
-        context = posterior.context[:, -1]
-        predictions = []
-        for t in range(burn_in, burn_in + horizon):
-            recurrent, stochastic, obs, _ = self.imagine(recurrent, stochastic, batch["action"][:, t], batch["domain"], context)
-            predictions.append(obs)
-        return torch.stack(predictions, dim=1)
+    def rollout(
+        self,
+        state: ImaginedState,
+        actions: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+        horizon: int,
+        domain: torch.Tensor,
+        freeze_context: bool = False,
+    ) -> Rollout:
+        """`horizon` imagined steps from `state`: the one rollout of the open-loop metrics and of
+        adaptation. `actions` is a tensor [B, horizon, A_max] (given actions) or a policy that maps
+        the current observation (raw scale, padded) to a padded action."""
+        steps: dict[str, list[torch.Tensor]] = {"obs": [], "action": [], "next_obs": [], "reward": []}
+        for h in range(horizon):
+            action = actions[:, h] if isinstance(actions, torch.Tensor) else actions(state.obs)
+            obs = state.obs
+            state, reward = self.step(state, action, domain, freeze_context)
+            for key, value in zip(steps, (obs, action, state.obs, reward)):
+                steps[key].append(value)
+        return Rollout(**{key: torch.stack(values, 1) for key, values in steps.items()})

@@ -9,6 +9,7 @@ from mrcom_lightning.scenarios.domains import get_domain
 from mrcom_lightning.scenarios.mjcf import scaled_model
 from mrcom_lightning.scenarios.observation import ObservationFunction, observed_dim
 from mrcom_lightning.scenarios.spec import ScenarioSpec
+from mrcom_lightning.seeding import generator
 
 
 class ScenarioEnv:
@@ -48,7 +49,7 @@ class ScenarioEnv:
         """Seeds the initial-state draws and the observation noise of the episodes to come."""
         # dm_control's Task keeps its RandomState in `_random` and draws initial states from it.
         self._env.task._random = np.random.RandomState(seed)
-        self._observe.seed(np.random.default_rng([self.spec.seed, seed]))
+        self._observe.seed(generator(self.spec.seed, seed))
 
     @property
     def physics(self):

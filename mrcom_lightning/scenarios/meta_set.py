@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mrcom_lightning.scenarios.domains import DOMAINS
+from mrcom_lightning.seeding import generator
 from mrcom_lightning.scenarios.spec import OBS_FNS, ScenarioSpec
 
 # "val" comes last so that adding it left the other splits' draws unchanged.
@@ -71,7 +72,7 @@ class MetaScenarioSet:
                 raise ValueError(f"scenarios.{name} must be >= 0, got {getattr(self, name)!r}")
 
     def _rng(self, split: str, domain: str) -> np.random.Generator:
-        return np.random.default_rng([self.seed, SPLITS.index(split), sorted(DOMAINS).index(domain)])
+        return generator(self.seed, SPLITS.index(split), sorted(DOMAINS).index(domain))
 
     def _scale(self, rng: np.random.Generator, ood: bool) -> float:
         if self.alpha is None:
