@@ -29,6 +29,13 @@ def compare_parser() -> ArgumentParser:
     parser.add_argument("--curve", type=str, default="val/loss", help="metric drawn as learning curves per column")
     parser.add_argument("--out", type=str, default="comparison", help="folder for table.md, table.csv and the plots")
     parser.add_argument("--precision", type=int, default=2, help="decimals in the table")
+    parser.add_argument(
+        "--reference",
+        type=str | None,
+        default=None,
+        help="a column value (e.g. mrcom): every other column gets its ratio of means to it and the p-value "
+        "of Welch's t-test against it",
+    )
     return parser
 
 
@@ -64,28 +71,68 @@ def table(runs, metric: str, columns: str) -> tuple[list[str], list[str], dict[t
     return rows, cols, cells
 
 
+def welch_p_value(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances) between two samples; nan with fewer
+    than two values on a side or no spread at all."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+        return float("nan")
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def against_reference(cells, rows, cols, reference: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(ratio of means to the reference column, Welch p-value against it) per (row, other column)."""
+    out = {}
+    for row in rows:
+        base = cells.get((row, reference))
+        for col in cols:
+            values = cells.get((row, col))
+            if col == reference or not values or not base:
+                continue
+            mean = float(np.mean(base))
+            out[row, col] = (float(np.mean(values)) / mean if mean else float("nan"), welch_p_value(values, base))
+    return out
+
+
 def cell_text(values: list[float] | None, precision: int) -> str:
     if not values:
         return "–"
     return f"{np.mean(values):.{precision}f} ± {np.std(values):.{precision}f}"
 
 
-def markdown(rows, cols, cells, precision: int, metric: str) -> str:
-    lines = [f"| {metric} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+def markdown(rows, cols, cells, precision: int, metric: str, reference: str | None = None) -> str:
+    """The table; with a `reference` column, each other column is followed by its ratio of means
+    to the reference (`÷ ref`) and Welch's p-value against it (`p`)."""
+    compared = against_reference(cells, rows, cols, reference) if reference else {}
+    header = []
+    for col in cols:
+        header.append(col)
+        if reference and col != reference:
+            header += [f"{col} ÷ {reference}", "p"]
+    lines = [f"| {metric} | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(cell_text(cells.get((row, c)), precision) for c in cols) + " |")
+        texts = []
+        for col in cols:
+            texts.append(cell_text(cells.get((row, col)), precision))
+            if reference and col != reference:
+                ratio, p = compared.get((row, col), (float("nan"), float("nan")))
+                texts += [f"{ratio:.{precision}f}" if np.isfinite(ratio) else "–", f"{p:.3g}" if np.isfinite(p) else "–"]
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 
-def write_csv(path: Path, rows, cols, cells) -> None:
+def write_csv(path: Path, rows, cols, cells, reference: str | None = None) -> None:
+    compared = against_reference(cells, rows, cols, reference) if reference else {}
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["domain", "column", "mean", "std", "runs"])
+        writer.writerow(["domain", "column", "mean", "std", "runs"] + (["ratio_to_reference", "p_value"] if reference else []))
         for row in rows:
             for col in cols:
                 values = cells.get((row, col))
                 if values:
-                    writer.writerow([row, col, np.mean(values), np.std(values), len(values)])
+                    extra = list(compared.get((row, col), ("", ""))) if reference else []
+                    writer.writerow([row, col, np.mean(values), np.std(values), len(values)] + extra)
 
 
 def plot_bars(path: Path, rows, cols, cells, metric: str) -> None:
@@ -128,8 +175,10 @@ def plot_curves(path: Path, runs, columns: str, curve: str, tracking_uri: str) -
         if not histories:
             continue
         steps = sorted(set().union(*histories))
-        mean = [np.mean([h[s] for h in histories if s in h]) for s in steps]
-        ax.plot(steps, mean, marker="o", markersize=2, label=f"{column} ({len(histories)} runs)")
+        mean = np.array([np.mean([h[s] for h in histories if s in h]) for s in steps])
+        std = np.array([np.std([h[s] for h in histories if s in h]) for s in steps])
+        line, = ax.plot(steps, mean, marker="o", markersize=2, label=f"{column} ({len(histories)} runs)")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)  # ± std over runs
         drawn = True
     if drawn:
         ax.set_xlabel("step")
@@ -147,13 +196,15 @@ def compare_main(argv: list[str]) -> None:
     try:
         runs = load_runs(args.tracking_uri, args.experiment, args.filter)
         rows, cols, cells = table(runs, args.metric, args.columns)
+        if args.reference is not None and args.reference not in cols:
+            raise ValueError(f"--reference {args.reference!r} is not one of the columns {cols}")
     except ValueError as err:
         parser.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, cols, cells, args.precision, args.metric)
+    text = markdown(rows, cols, cells, args.precision, args.metric, args.reference)
     (out / "table.md").write_text(text + "\n")
-    write_csv(out / "table.csv", rows, cols, cells)
+    write_csv(out / "table.csv", rows, cols, cells, args.reference)
     plot_bars(out / "scores.png", rows, cols, cells, args.metric)
     curves = plot_curves(out / "curves.png", runs, args.columns, args.curve, args.tracking_uri)
     print(text)

@@ -75,3 +75,37 @@ def test_missing_metric_or_field_is_a_usage_error(store, tmp_path, capsys):
         main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--columns", "tags.variant",
               "--out", str(tmp_path / "x")])
     assert "tags.variant" in capsys.readouterr().err
+
+
+def test_welch_p_value_matches_the_textbook_formula():
+    """Welch's t-test on known numbers: t = (m_a − m_b) / sqrt(s_a²/n_a + s_b²/n_b) with the
+    Welch–Satterthwaite degrees of freedom; p two-sided."""
+    from scipy import stats
+
+    from mrcom_lightning.compare import welch_p_value
+
+    a, b = [1.0, 2.0, 4.5], [3.0, 5.0, 6.0, 9.0]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    assert welch_p_value(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert welch_p_value(a, b) == pytest.approx(0.1022, abs=5e-4)  # t = −1.998, df = 5.0, by hand
+    assert np.isnan(welch_p_value([1.0], b)) and np.isnan(welch_p_value([2.0, 2.0], [2.0, 2.0]))
+
+
+def test_reference_adds_ratio_and_p_value_columns(store, tmp_path, capsys):
+    from mrcom_lightning.compare import welch_p_value
+
+    out = tmp_path / "cmp"
+    main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--out", str(out), "--reference", "mrcom"])
+    printed = capsys.readouterr().out
+    assert "| test_id/{domain}/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in printed
+    walker_p = welch_p_value([10.0, 11.0], [4.0, 6.0, 8.0])
+    assert f"| walker | 6.00 ± 1.63 | 10.50 ± 0.50 | {10.5 / 6.0:.2f} | {walker_p:.3g} |" in printed
+    rows = {(r["domain"], r["column"]): r for r in csv.DictReader((out / "table.csv").open())}
+    assert float(rows["walker", "rssm"]["ratio_to_reference"]) == pytest.approx(10.5 / 6.0)
+    assert float(rows["walker", "rssm"]["p_value"]) == pytest.approx(walker_p)
+    assert rows["walker", "mrcom"]["ratio_to_reference"] == ""
+    with pytest.raises(SystemExit):
+        main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--out", str(out), "--reference", "nope"])
+    assert "--reference 'nope'" in capsys.readouterr().err
