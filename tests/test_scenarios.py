@@ -298,3 +298,24 @@ def test_spec_id_is_a_directory_name_that_tracks_every_field(tmp_path):
     for spec_id in ids:
         assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", spec_id) and len(spec_id) < 100
         (tmp_path / spec_id).mkdir()
+
+
+def test_ood_kinds_name_which_range_a_scenario_leaves():
+    meta = MetaScenarioSet(alpha=0.2, beta=(0.3, 0.7))
+    cases = {
+        ScenarioSpec("walker", 1.1, 0.9, 0.5): "in_distribution",
+        ScenarioSpec("walker", 1.2, 0.8, 0.3): "in_distribution",  # the ranges' ends are inside
+        ScenarioSpec("walker", 1.3, 1.0, 0.5): "dynamics",
+        ScenarioSpec("walker", 1.0, 0.7, 0.7): "dynamics",
+        ScenarioSpec("walker", 1.0, 1.0, 0.8): "objective",
+        ScenarioSpec("walker", 1.0, 1.0, 0.2): "objective",
+        ScenarioSpec("walker", 0.65, 1.0, 0.9): "both",
+    }
+    for spec, kind in cases.items():
+        assert meta.ood_kind(spec) == kind, spec
+    assert {meta.ood_kind(s) for s in meta.train + meta.val + meta.test_id} == {"in_distribution"}
+    assert {meta.ood_kind(s) for s in meta.test_ood} == {"both"}  # both ranges move in the default set
+    fixed_objective = MetaScenarioSet(alpha=0.2, beta=(0.5, 0.5))
+    assert {fixed_objective.ood_kind(s) for s in fixed_objective.test_ood} == {"dynamics"}
+    fixed_dynamics = MetaScenarioSet(alpha=None, beta=(0.3, 0.7))
+    assert {fixed_dynamics.ood_kind(s) for s in fixed_dynamics.test_ood} == {"objective"}

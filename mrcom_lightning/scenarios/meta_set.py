@@ -134,10 +134,17 @@ class MetaScenarioSet:
 
     def in_train_range(self, spec: ScenarioSpec) -> bool:
         """Whether `spec`'s dynamics and objective lie inside the training ranges."""
+        return self.ood_kind(spec) == "in_distribution"
+
+    def ood_kind(self, spec: ScenarioSpec) -> str:
+        """Which of the paper's generalisation claims a scenario tests, against the training ranges:
+        `in_distribution` (interpolation: dynamics and objective inside them), `dynamics` (a torso
+        scale outside [1-α, 1+α], the target speed inside), `objective` (the target speed outside
+        [β_lo, β_hi], the dynamics inside) or `both` (extrapolation in both)."""
         a = 0.0 if self.alpha is None else self.alpha
         lo, hi = self.beta
-        return (
-            1 - a <= spec.length_scale <= 1 + a
-            and 1 - a <= spec.size_scale <= 1 + a
-            and lo <= spec.target_speed <= hi
+        dynamics = not (1 - a <= spec.length_scale <= 1 + a and 1 - a <= spec.size_scale <= 1 + a)
+        objective = not lo <= spec.target_speed <= hi
+        return {(False, False): "in_distribution", (True, False): "dynamics", (False, True): "objective"}.get(
+            (dynamics, objective), "both"
         )
