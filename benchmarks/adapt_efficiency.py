@@ -37,6 +37,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import train_world_model  # noqa: E402  (benchmarks/common.py)
+
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.agents import SACConfig  # noqa: E402
@@ -78,20 +80,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train_world_model(datamodule: MultiScenarioDataModule, steps: int, lr: float) -> tuple[MrCoM, dict]:
+def train_reduced_model(datamodule: MultiScenarioDataModule, steps: int, lr: float) -> tuple[MrCoM, dict]:
     torch.manual_seed(0)
     module = MrCoM(world_model=REDUCED, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=lr)
-    optimizer = module.configure_optimizers()
-    stream = iter(datamodule.train_stream())
-    for step in range(steps):
-        batch = next(stream)
-        terms, _ = module.losses(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 100.0)  # configs/quick.yaml's gradient_clip_val
-        optimizer.step()
-        module.on_train_batch_end(None, batch, step)
-    return module.eval(), {name: round(value.item(), 3) for name, value in terms.items() if name in ("obs", "reward", "total")}
+    losses = train_world_model(module, iter(datamodule.train_stream()), steps)
+    return module, {name: round(value, 3) for name, value in losses.items()}
 
 
 def main() -> None:
@@ -116,7 +109,7 @@ def main() -> None:
     collected = time.perf_counter()
 
     datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=REDUCED.context_length, batch_size=32)
-    module, last_losses = train_world_model(datamodule, args.wm_steps, args.wm_lr)
+    module, last_losses = train_reduced_model(datamodule, args.wm_steps, args.wm_lr)
     trained = time.perf_counter()
 
     config = AdaptationConfig(
