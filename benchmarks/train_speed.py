@@ -13,13 +13,16 @@ A step is the training step without Lightning around it: `terms, _ = model.losse
 The models are measured in interleaved rounds (their order alternating), warm-up steps
 excluded, and each side reports its median over rounds, so machine noise hits all alike. On a
 CPU, MrCoM is also timed at 1 and 2 torch threads: the ratio is why `mrcom` defaults to
-`--threads 1`.
+`--threads 1`. With `--compile`, both models are also built compiled (`model.compile=true`) and
+timed in the same rounds as the eager ones; the warm-up, which compiles, is reported apart.
 
     python benchmarks/train_speed.py --rounds 5 --steps 5
+    python benchmarks/train_speed.py --compile --rounds 5 --steps 5
     python benchmarks/train_speed.py --device cuda --precision bf16-mixed --compile --steps 50
 
 The last line, `mrcom_over_rssm_step_time=<value>`, is MrCoM's seconds per step divided by the
-RSSM's: the price of the context transformer, u and the regularisers.
+RSSM's (both compiled with `--compile`): the price of the context transformer, u and the
+regularisers. benchmarks/profile_step.py shows where it goes.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model and thread setting first")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="32", help="autocast dtype (GPU option)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the world models (GPU option)")
+    parser.add_argument("--compile", action="store_true", help="also time both models torch.compile'd")
     args = parser.parse_args()
     for name in ("threads", "steps", "rounds"):
         if getattr(args, name) < 1:
@@ -116,37 +119,51 @@ def main() -> None:
 
     torch.manual_seed(0)
     batch = synthetic_batch(device)
+    variants = (False, True) if args.compile else (False,)
     steppers = {
-        name: Stepper(build(name, device, args.compile), batch, device, args.precision) for name in ("MrCoM", "RSSM")
+        (name, compiled): Stepper(build(name, device, compiled), batch, device, args.precision)
+        for compiled in variants
+        for name in ("MrCoM", "RSSM")
     }
-    # (model, torch threads): the comparison at --threads, and MrCoM at 1 and 2 threads on a CPU.
-    settings = [("MrCoM", args.threads), ("RSSM", args.threads)]
+    # (model, torch threads, compiled): the comparison at --threads, and MrCoM at 1 and 2 threads on a CPU.
+    settings = [(name, args.threads, compiled) for compiled in variants for name in ("MrCoM", "RSSM")]
     if device.type == "cpu":
-        settings += [("MrCoM", n) for n in (1, 2) if n != args.threads]
-    for name, threads in settings:
+        settings += [("MrCoM", n, False) for n in (1, 2) if n != args.threads]
+    warmup_seconds = {}
+    for name, threads, compiled in settings:
         torch.set_num_threads(threads)
+        start = time.perf_counter()
         for _ in range(args.warmup):
-            steppers[name].step()
-        steppers[name].sync()
+            steppers[(name, compiled)].step()
+        steppers[(name, compiled)].sync()
+        warmup_seconds[(name, threads, compiled)] = time.perf_counter() - start
 
-    times: dict[tuple[str, int], list[float]] = {setting: [] for setting in settings}
+    times: dict[tuple[str, int, bool], list[float]] = {setting: [] for setting in settings}
     for round_ in range(args.rounds):
         order = settings if round_ % 2 == 0 else settings[::-1]
-        for name, threads in order:
-            times[(name, threads)].append(steppers[name].seconds_per_step(args.steps, threads))
+        for name, threads, compiled in order:
+            times[(name, threads, compiled)].append(steppers[(name, compiled)].seconds_per_step(args.steps, threads))
     median = {setting: statistics.median(values) for setting, values in times.items()}
 
     print(
-        f"torch {torch.__version__}, device {device}, precision {args.precision}, compile {args.compile}, "
+        f"torch {torch.__version__}, device {device}, precision {args.precision}, "
         f"{os.cpu_count()} CPUs; batch {BATCH} x {STEPS}, prompt {PROMPT}, {len(DOMAIN_DIMS)} domains, "
         f"{NUM_SCENARIOS} scenarios; median of {args.rounds} interleaved rounds x {args.steps} steps"
     )
-    for (name, threads), seconds in median.items():
-        print(f"{name:5s} threads={threads}: {1 / seconds:7.2f} steps/s ({seconds * 1000:8.1f} ms/step)")
+    for (name, threads, compiled), seconds in median.items():
+        warmup = f"; warm-up (compiles) {warmup_seconds[(name, threads, compiled)]:.0f} s" if compiled else ""
+        label = "compiled" if compiled else "eager"
+        speed = f"{1 / seconds:7.2f} steps/s ({seconds * 1000:8.1f} ms/step{warmup})"
+        print(f"{name:5s} threads={threads} {label:8s}: {speed}")
     if device.type == "cpu":
-        ratio = median[("MrCoM", 2)] / median[("MrCoM", 1)]
+        ratio = median[("MrCoM", 2, False)] / median[("MrCoM", 1, False)]
         print(f"mrcom_2_threads_over_1_thread_step_time={ratio:.3f}")
-    print(f"mrcom_over_rssm_step_time={median[('MrCoM', args.threads)] / median[('RSSM', args.threads)]:.3f}")
+    if args.compile:
+        for name in ("MrCoM", "RSSM"):
+            ratio = median[(name, args.threads, True)] / median[(name, args.threads, False)]
+            print(f"{name.lower()}_compiled_over_eager_step_time={ratio:.3f}")
+    ratio = median[("MrCoM", args.threads, args.compile)] / median[("RSSM", args.threads, args.compile)]
+    print(f"mrcom_over_rssm_step_time={ratio:.3f}")
 
 
 if __name__ == "__main__":

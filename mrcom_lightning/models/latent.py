@@ -103,13 +103,34 @@ class LatentCell(nn.Module):
         self, obs_embed: torch.Tensor, prev_action_embed: torch.Tensor, context: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sequential part of the posterior pass, tensors only (what `compile` compiles):
-        h_t, z_t ~ q(z_t | h_t, c_t, e_t) and q's mean and std, each [B, N+1, ·]."""
+        h_t, z_t ~ q(z_t | h_t, c_t, e_t) and q's mean and std, each [B, N+1, ·].
+
+        `transition` and `posterior_net`, with only what depends on (h_{t−1}, z_{t−1}) inside the
+        time loop: their first layers, over [z_{t−1}, a_{t−1}] and [h_t, c_t, e_t], are split by
+        input block, and the a_{t−1} and (c_t, e_t) blocks, bias included, run for all t in one
+        matmul before it (benchmarks/README.md, "Profile"). Same weights, same noise draws."""
         batch, steps, _ = obs_embed.shape
+        transition_in, posterior_in = self.transition_in[0], self.posterior_net.net[0]
+        from_stochastic, from_action = transition_in.weight.split(
+            [self.stochastic_dim, transition_in.in_features - self.stochastic_dim], dim=1
+        )
+        from_recurrent, from_observed = posterior_in.weight.split(
+            [self.recurrent_dim, posterior_in.in_features - self.recurrent_dim], dim=1
+        )
+        action_part = nn.functional.linear(prev_action_embed, from_action, transition_in.bias)
+        observed_part = nn.functional.linear(torch.cat([context, obs_embed], dim=-1), from_observed, posterior_in.bias)
+        # One unbind, not an index per step: each index's backward would write a zero-padded
+        # gradient of the whole sequence.
+        action_steps, observed_steps = action_part.unbind(1), observed_part.unbind(1)
+        from_stochastic, from_recurrent = from_stochastic.t(), from_recurrent.t()
+        posterior_rest = self.posterior_net.net[1:]  # ReLU, then the layers after the first
         recurrent, stochastic = self.initial(batch, obs_embed.device)
         recurrents, stochastics, means, stds = [], [], [], []
         for t in range(steps):
-            recurrent = self.transition(recurrent, stochastic, prev_action_embed[:, t])
-            posterior = self.posterior_net(torch.cat([recurrent, context[:, t], obs_embed[:, t]], dim=-1))
+            x = torch.relu(torch.addmm(action_steps[t], stochastic, from_stochastic))
+            recurrent = self.gru(x, recurrent) if self.deterministic_dim else self.feedforward(x)
+            hidden = torch.addmm(observed_steps[t], recurrent, from_recurrent)
+            posterior = self.posterior_net.distribution(posterior_rest(hidden))
             stochastic = posterior.rsample()
             recurrents.append(recurrent)
             stochastics.append(stochastic)

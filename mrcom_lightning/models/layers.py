@@ -36,7 +36,11 @@ class GaussianHead(nn.Module):
         self.net = mlp(in_dim, 2 * dim, hidden_dim, layers)
 
     def forward(self, x: torch.Tensor) -> Independent:
-        mean, std = self.net(x).chunk(2, dim=-1)
+        return self.distribution(self.net(x))
+
+    def distribution(self, out: torch.Tensor) -> Independent:
+        """N(μ, σ) from the MLP's output [..., 2·dim]: μ its first half, σ = softplus(second half) + MIN_STD."""
+        mean, std = out.chunk(2, dim=-1)
         # No argument checks: a diverged step must reach the loss guard of the training step,
         # which names the term, not stop inside a Normal with an opaque ValueError.
         return Independent(Normal(mean, nn.functional.softplus(std) + MIN_STD, validate_args=False), 1, validate_args=False)
