@@ -102,7 +102,7 @@ def main() -> None:
     root = args.data_root or tempfile.mkdtemp(prefix="adapt-efficiency-")
     dataset = DatasetConfig(
         root=root, scenarios=scenarios, behaviour=args.behaviour, episodes_per_scenario=args.episodes_per_scenario,
-        test_episodes_per_scenario=2, episode_steps=args.episode_steps, sac_steps=args.sac_steps,
+        test_episodes_per_scenario=2, episode_steps=args.episode_steps, train_agents=True, sac_steps=args.sac_steps,
         sac=SACConfig(warmup_steps=min(2000, args.sac_steps // 4)),
     )
     collect(dataset, progress=args.progress)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrcom_lightning.agents import SACConfig
-from mrcom_lightning.data.collect import DatasetConfig, collect, is_complete
+from mrcom_lightning.data.collect import DatasetConfig, collect, dataset_scores, format_scores, is_complete
 from mrcom_lightning.scenarios import DOMAINS, SPLITS, MetaScenarioSet, ScenarioSpec, observed_dim
 
 from mrcom_lightning.datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
@@ -117,6 +117,8 @@ class MultiScenarioDataModule(L.LightningDataModule):
         dataset = self.hparams.dataset
         if not is_complete(dataset.root):
             collect(dataset, workers=self.hparams.collect_workers)
+            if is_complete(dataset.root):
+                print(format_scores(dataset_scores(dataset.root)))  # what the data is, at a glance
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in _STAGE_SPLITS.get(stage, SPLITS):

@@ -15,6 +15,7 @@ import pytest
 from mrcom_lightning.agents import SACConfig
 from mrcom_lightning.data import EpisodeStore
 from mrcom_lightning.data import collect as collect_module
+from mrcom_lightning.data.cli import collect_main
 from mrcom_lightning.data.collect import MANIFEST, DatasetConfig, collect, episode_seed, is_complete
 from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, get_domain
 
@@ -89,8 +90,32 @@ def test_random_collection_writes_every_split(reference):
     assert total == 2 * (2 * 3 + 3 * 2) == len(store.index())
     assert store.specs().keys() == {spec.id for split in SPLITS for spec in SCENARIOS.draw(split)}
     manifest = json.loads((Path(reference.root) / MANIFEST).read_text())
-    assert manifest == {"config": reference.to_dict(), "complete": True}
+    assert manifest.keys() == {"config", "complete", "scores"}
+    assert manifest["config"] == reference.to_dict() and manifest["complete"] is True
     assert is_complete(reference.root)
+
+
+def test_the_scores_of_the_episodes_written_are_recorded_and_printed(reference, capsys):
+    scores = json.loads((Path(reference.root) / MANIFEST).read_text())["scores"]
+    assert scores.keys() == set(SPLITS)
+    store = EpisodeStore(reference.root)
+    for split in SPLITS:
+        for domain in SCENARIOS.domains:
+            episodes = [store.read(i.path) for s in SCENARIOS.draw(split) if s.domain == domain for i in store.index(s.id)]
+            expected = np.mean([100 * e.reward.sum() / e.steps for e in episodes])
+            assert scores[split]["random"][domain] == pytest.approx(expected, abs=0.01), (split, domain)
+    assert max(scores["train"]["random"].values()) > 0  # not trivially zero
+
+    collect_main(["--dataset.root", reference.root, "--dataset.scenarios.domains", '["hopper", "cheetah"]',
+                  "--dataset.scenarios.num_train", "2", "--dataset.scenarios.num_val", "1",
+                  "--dataset.scenarios.num_test_id", "1", "--dataset.scenarios.num_test_ood", "1",
+                  "--dataset.episodes_per_scenario", "3", "--dataset.episode_steps", "30", "--progress", "false"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("split"))
+    assert lines[header].split() == ["split", "policy", "cheetah", "hopper"]
+    train = lines[header + 1].split()
+    assert train[:2] == ["train", "random"]
+    assert [float(v) for v in train[2:]] == pytest.approx([scores["train"]["random"][d] for d in ("cheetah", "hopper")], abs=0.05)
 
 
 def test_same_seed_gives_the_same_dataset_and_another_seed_does_not(reference, tmp_path):
@@ -254,6 +279,7 @@ def test_sac_behaviour_gives_expert_medium_and_mix(tmp_path):
         root=str(tmp_path / "data"),
         scenarios=MetaScenarioSet(domains=("hopper",), num_train=2, num_val=1, num_test_id=1, num_test_ood=1),
         behaviour="sac",
+        train_agents=True,
         episodes_per_scenario=2,
         test_episodes_per_scenario=1,
         episode_steps=30,
@@ -290,5 +316,5 @@ def test_sac_behaviour_gives_expert_medium_and_mix(tmp_path):
     assert summary_path.is_file()
     summary = json.loads(summary_path.read_text())
     assert summary["mix_episodes"] == mix_counts
-    assert {"expert", "medium", "evaluations"} <= summary.keys()
+    assert {"scenarios", "held_out", "snapshots", "training"} <= summary.keys()
     assert is_complete(config.root)

@@ -121,6 +121,17 @@ def test_checkpoint_restores_agent_and_optimizers():
     )
 
 
+def test_policy_checkpoint_acts_like_the_agent_and_holds_only_the_actor():
+    agent = SAC(5, 2, SACConfig(**SMALL), seed=3)
+    agent.update(random_batch(0))
+    policy = agent.policy_checkpoint()
+    assert set(policy) == {"obs_dim", "act_dim", "config", "actor"}
+    restored = SAC.from_checkpoint(policy)
+    obs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(restored.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    fresh = SAC(5, 2, SACConfig(**SMALL), seed=4)
+    assert not np.array_equal(fresh.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+
 def test_replay_ring_wraps_and_round_trips():
     buffer = ReplayBuffer(3, 2, capacity=5)
     fill(buffer, 7)

@@ -136,7 +136,9 @@ class SAC(nn.Module):
 
     Saving: `state_dict()` holds the networks and the temperature, as for any module;
     `checkpoint()` adds the optimizers, the generator, the config and the sizes, and
-    `SAC.from_checkpoint(checkpoint())` rebuilds an identical agent.
+    `SAC.from_checkpoint(checkpoint())` rebuilds an identical agent. `policy_checkpoint()`
+    keeps only what acting needs (the actor, the config, the sizes; about a fifth of the
+    size): an agent rebuilt from it acts exactly like the original but cannot resume training.
     """
 
     def __init__(
@@ -254,14 +256,28 @@ class SAC(nn.Module):
             }
         )
 
+    def policy_checkpoint(self) -> dict:
+        """What acting needs: the actor's weights, the config and the sizes (e.g. a behaviour policy file)."""
+        return copy.deepcopy(
+            {
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "config": dataclasses.asdict(self.config),
+                "actor": self.actor.state_dict(),
+            }
+        )
+
     def load_checkpoint(self, checkpoint: dict) -> None:
-        """Restores a `checkpoint()` of an agent with the same sizes, in place."""
+        """Restores a `checkpoint()` (or a `policy_checkpoint()`) of an agent with the same sizes, in place."""
         sizes = (checkpoint["obs_dim"], checkpoint["act_dim"])
         if sizes != (self.obs_dim, self.act_dim):
             raise ValueError(
                 f"checkpoint has (obs_dim, act_dim) = {sizes}, this agent "
                 f"{(self.obs_dim, self.act_dim)}: build the agent with SAC.from_checkpoint"
             )
+        if "model" not in checkpoint:  # a policy file: the critics and optimizers stay as built
+            self.actor.load_state_dict(checkpoint["actor"])
+            return
         self.load_state_dict(checkpoint["model"])
         self.actor_optimizer.load_state_dict(checkpoint["actor_optimizer"])
         self.critic_optimizer.load_state_dict(checkpoint["critic_optimizer"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mrcom_lightning.data.collect import DatasetConfig, collect
+from mrcom_lightning.data.collect import DatasetConfig, collect, dataset_scores, format_scores
 
 
 def collect_parser() -> ArgumentParser:
@@ -28,5 +30,10 @@ def collect_main(argv: list[str]) -> None:
         dataset = parser.instantiate_classes(config).dataset
     except ValueError as err:  # a value the types allow but the settings reject
         parser.error(str(err))
-    root = collect(dataset, workers=config.workers, progress=config.progress)
+    try:
+        root = collect(dataset, workers=config.workers, progress=config.progress)
+    except (ValueError, FileNotFoundError) as err:  # settings the dataset on disk or the shipped agents refuse
+        print(f"mrcom collect: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(format_scores(dataset_scores(root)))
     print(f"dataset complete: {root}")

@@ -2,10 +2,12 @@
 
 Every episode has a fixed place (scenario, policy, index) and a seed derived from the
 dataset seed and that place, so a re-run after a kill writes exactly the missing episodes,
-and one worker or many give the same files. With the `sac` behaviour, one SAC agent per
-domain is trained across that domain's training scenarios: its replay becomes the `mix`
-data, its final policy the `expert` and the snapshot whose evaluation return is closest to
-half of the expert's the `medium` one (Table 5 of the paper).
+and one worker or many give the same files. With the `sac` behaviour, one scenario-conditioned
+SAC agent per domain (shipped with the package, or trained with `train_agents`) gives each
+scenario its `expert` and `medium` policies and the `mix` data (Table 5 of the paper; see
+`mrcom_lightning.data.behaviour`). When the dataset is complete, each policy's mean score per
+domain (100 × return / episode_steps, the percentage of the episode's maximum) is printed and
+written to `dataset.json`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import torch
 from tqdm.auto import tqdm
 
 from mrcom_lightning.agents import SAC
-from mrcom_lightning.checkpoints import load_checkpoint
-from mrcom_lightning.data.behaviour import train_behaviour_agents
+from mrcom_lightning.data.behaviour import agent_folder, train_domain
+from mrcom_lightning.data.conditioning import SCENARIO_PARAMETERS, condition
 from mrcom_lightning.data.dataset import DatasetConfig
 from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
+from mrcom_lightning.data.shipped import install_shipped, shipped_summary
 from mrcom_lightning.scenarios import SPLITS, ScenarioEnv, ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
 
-__all__ = ["DatasetConfig", "collect", "is_complete", "episode_seed", "run_episode"]
+__all__ = ["DatasetConfig", "collect", "dataset_scores", "format_scores", "is_complete", "episode_seed", "run_episode"]
 
 MANIFEST = "dataset.json"
 
@@ -53,8 +56,15 @@ _AGENTS: dict[str, SAC] = {}  # per worker process: each behaviour agent is load
 
 
 def _load_agent(path: str) -> SAC:
+    """The behaviour agent saved at `path` by `SAC.checkpoint()`, loaded weights-only.
+
+    Agent files are read like model checkpoints (`mrcom_lightning.checkpoints`): anything but
+    tensors, plain data and the project's config classes is refused, never run.
+    """
+    from mrcom_lightning.checkpoints import load_checkpoint
+
     if path not in _AGENTS:
-        _AGENTS[path] = SAC.from_checkpoint(load_checkpoint(path))  # weights only: never runs code from the file
+        _AGENTS[path] = SAC.from_checkpoint(load_checkpoint(path))
     return _AGENTS[path]
 
 
@@ -96,8 +106,14 @@ def _collect_one(item: tuple[str, _Job]) -> str:
     policy = None
     if job.agent_path is not None:
         agent = _load_agent(job.agent_path)
+        if agent.obs_dim != env.obs_dim + SCENARIO_PARAMETERS:
+            raise ValueError(
+                f"behaviour agent {job.agent_path} takes {agent.obs_dim} inputs, scenario {job.spec} needs "
+                f"{env.obs_dim} + {SCENARIO_PARAMETERS} (observation and scenario parameters): "
+                "it belongs to another domain or obs_fn"
+            )
         agent.generator.manual_seed(job.seed)
-        policy = lambda obs: agent.act(obs, deterministic=False)  # noqa: E731
+        policy = lambda obs: agent.act(condition(obs, job.spec), deterministic=False)  # noqa: E731
     obs, action, reward = run_episode(env, policy, rng)
     episode = Episode(obs, action, reward, np.zeros(len(reward), bool), job.spec, job.policy, job.seed)
     return str(EpisodeStore(store_root).write(episode, job.index))
@@ -122,9 +138,50 @@ def _check_manifest(config: DatasetConfig) -> None:
     _write_manifest(config, complete=False)
 
 
-def _write_manifest(config: DatasetConfig, complete: bool) -> None:
-    payload = json.dumps({"config": config.to_dict(), "complete": complete}, indent=1).encode()
+def _write_manifest(config: DatasetConfig, complete: bool, scores: dict | None = None) -> None:
+    manifest = {"config": config.to_dict(), "complete": complete} | ({"scores": scores} if scores else {})
+    payload = json.dumps(manifest, indent=1).encode()
     atomic_write(Path(config.root) / MANIFEST, lambda f: f.write(payload))
+
+
+def policy_scores(config: DatasetConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """split -> policy -> domain -> mean score of the episodes written (100 × return / steps).
+
+    dm_control's rewards lie in [0, 1] per step, so the score is the return in percent of the
+    episode's maximum, the unit of the paper's tables.
+    """
+    store = EpisodeStore(config.root)
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for split in SPLITS:
+        per_policy: dict[str, dict[str, list[float]]] = {}
+        for spec in config.scenarios.draw(split):
+            for info in store.index(spec.id):
+                reward = store.read(info.path).reward
+                per_policy.setdefault(info.policy, {}).setdefault(spec.domain, []).append(100 * reward.sum() / len(reward))
+        if per_policy:
+            scores[split] = {
+                policy: {domain: round(float(np.mean(v)), 2) for domain, v in sorted(domains.items())}
+                for policy, domains in per_policy.items()
+            }
+    return scores
+
+
+def format_scores(scores: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The scores as a table: one row per split and policy, one column per domain."""
+    domains = sorted({d for split in scores.values() for policy in split.values() for d in policy})
+    lines = [
+        "behaviour scores (100 x episode return / steps, mean per domain)",
+        f"{'split':<9}{'policy':<8}" + "".join(f"{d:>9}" for d in domains),
+    ]
+    for split, policies in scores.items():
+        for policy, values in policies.items():
+            lines.append(f"{split:<9}{policy:<8}" + "".join(f"{values.get(d, float('nan')):>9.1f}" for d in domains))
+    return "\n".join(lines)
+
+
+def dataset_scores(root: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """The scores `collect` wrote to a complete dataset's `dataset.json` (see `policy_scores`)."""
+    return json.loads((Path(root) / MANIFEST).read_text()).get("scores", {})
 
 
 def is_complete(root: str | Path) -> bool:
@@ -132,7 +189,35 @@ def is_complete(root: str | Path) -> bool:
     return path.exists() and json.loads(path.read_text()).get("complete", False)
 
 
-def _jobs(config: DatasetConfig, agents: dict[tuple[str, str], str]) -> list[_Job]:
+def behaviour_agents(config: DatasetConfig, store: EpisodeStore, progress: bool = True) -> dict[tuple[str, str], list[str]]:
+    """(scenario id, policy) -> the agent files whose episodes it gets (episode k: file k mod len).
+
+    Trains each domain's agent (`train_agents`) or installs the shipped one into the dataset.
+    `mix` appears only for shipped agents: trained ones wrote their replay as the mix data.
+    """
+    agents = {}
+    for domain in config.scenarios.domains:
+        if config.train_agents:
+            summary = train_domain(config, domain, store, progress)
+        else:
+            summary = install_shipped(config, domain)
+        folder = agent_folder(config.root, domain)
+        train = [spec for spec in config.scenarios.train if spec.domain == domain]
+        for split in SPLITS:
+            for spec in config.scenarios.draw(split):
+                if spec.domain != domain:
+                    continue
+                picks = summary["scenarios"][spec.id] if split == "train" else summary["held_out"]
+                for policy in ("expert", "medium"):
+                    agents[(spec.id, policy)] = [str(folder / picks[policy]["file"])]
+        if summary["source"] == "shipped":
+            mix = [str(folder / name) for name in summary["mix_snapshots"]]
+            for i, spec in enumerate(train):  # scenario i starts at the i-th file: all of them are used
+                agents[(spec.id, "mix")] = mix[i % len(mix) :] + mix[: i % len(mix)]
+    return agents
+
+
+def _jobs(config: DatasetConfig, agents: dict[tuple[str, str], list[str]]) -> list[_Job]:
     store = EpisodeStore(config.root)
     jobs = []
     for split in SPLITS:
@@ -140,13 +225,15 @@ def _jobs(config: DatasetConfig, agents: dict[tuple[str, str], str]) -> list[_Jo
         for spec in config.scenarios.draw(split):
             store.write_spec(spec)
             for policy in config.policies:
-                if policy == "mix":  # SAC's own replay, written when the agent trains
+                files = agents.get((spec.id, policy))
+                if policy == "mix" and files is None:  # the replay of a trained agent, or not a training scenario
                     continue
                 done = store.existing_indices(spec, policy)
                 for index in range(count):
                     if index not in done:
                         seed = episode_seed(config.seed, spec, policy, index)
-                        jobs.append(_Job(spec, policy, index, config.episode_steps, seed, agents.get((spec.domain, policy))))
+                        path = None if files is None else files[index % len(files)]
+                        jobs.append(_Job(spec, policy, index, config.episode_steps, seed, path))
     return jobs
 
 
@@ -154,12 +241,15 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
     """Collects whatever of the dataset is missing; returns its root."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if config.behaviour == "sac" and not config.train_agents:
+        for domain in config.scenarios.domains:  # refuse before anything is written
+            shipped_summary(config, domain)
     _check_manifest(config)
     store = EpisodeStore(config.root)
     store.clean()
     agents = {}
     if config.behaviour == "sac":
-        agents = train_behaviour_agents(config, store, progress=progress)
+        agents = behaviour_agents(config, store, progress=progress)
     jobs = _jobs(config, agents)
     bar = tqdm(total=len(jobs), desc="collect episodes", unit="ep", disable=not progress or not jobs)
     if workers == 1:
@@ -174,5 +264,5 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
             for _ in pool.map(_collect_one, [(config.root, job) for job in jobs], chunksize=1):
                 bar.update()
     bar.close()
-    _write_manifest(config, complete=True)
+    _write_manifest(config, complete=True, scores=policy_scores(config))
     return Path(config.root)

@@ -21,8 +21,11 @@ class DatasetConfig:
         episodes_per_scenario: episodes per training scenario and policy.
         test_episodes_per_scenario: episodes per validation and test scenario (ID and OOD) and policy.
         episode_steps: steps per episode (dm_control's default is 1000).
-        sac_steps: environment steps of SAC training per domain (behaviour `sac`).
-        sac: SAC settings of the behaviour agents.
+        train_agents: behaviour `sac`: train the behaviour agents here (`sac_steps`, `sac`) instead of
+            using the agents shipped with the package, which were trained for the scenario set of
+            `configs/multi.yaml` (a dataset with other scenario settings is refused without this).
+        sac_steps: environment steps of SAC training per domain (with `train_agents`).
+        sac: SAC settings of the behaviour agents (with `train_agents`).
         seed: seeds every episode and agent.
     """
 
@@ -32,6 +35,7 @@ class DatasetConfig:
     episodes_per_scenario: int = 4
     test_episodes_per_scenario: int = 2
     episode_steps: int = 500
+    train_agents: bool = False
     sac_steps: int = 100_000
     sac: SACConfig = dataclasses.field(default_factory=SACConfig)
     seed: int = 0
