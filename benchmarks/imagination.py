@@ -36,6 +36,7 @@ vs naive, per split (with a paired t-test of rolled vs frozen, which share a mod
 
     python benchmarks/imagination.py          # 19 min at load 5 on 2 cores: collect 11 min (once), 3 min per seed
     python benchmarks/imagination.py --smoke  # under a minute: tiny data in a temporary folder, 20 steps per seed
+    python benchmarks/imagination.py --data main --workers 2   # on the main job's dataset (shipped expert agents)
 
 Each seed's results are written to `--out/seed<k>.json` as soon as it finishes; a re-run with
 the same settings loads finished seeds instead of training them again.
@@ -67,12 +68,14 @@ from common import train_world_model  # noqa: E402  (benchmarks/common.py)
 
 from mrcom_lightning.agents import SACConfig  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect, is_complete  # noqa: E402
+from mrcom_lightning.data.shipped import dataset_settings  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.metrics import masked_mean  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 
+MAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "multi.yaml"
 REDUCED = WorldModelConfig(
     embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=16,
     context_length=20, heads=4, layers=1, reward_bins=255,
@@ -98,6 +101,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test-scenarios", type=int, default=3, help="test_id and test_ood scenarios per domain")
     parser.add_argument("--episodes", type=int, default=4, help="episodes per training scenario and policy")
     parser.add_argument("--episode-steps", type=int, default=250)
+    parser.add_argument(
+        "--data", choices=("own", "main"), default="own",
+        help="own: the small dataset above, its agents trained here; main: the main job's dataset "
+        "(configs/multi.yaml's data.dataset, the shipped behaviour agents), default root data/multi",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="collection processes")
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps per seed: checks that it runs")
     parser.add_argument("--progress", action="store_true", help="progress bars while collecting")
     args = parser.parse_args()
@@ -110,29 +119,27 @@ def parse_args() -> argparse.Namespace:
 
 
 def dataset_config(args: argparse.Namespace, root: str) -> DatasetConfig:
+    if args.data == "main":  # the main job's dataset: its scenario set, the shipped behaviour agents
+        return dataclasses.replace(dataset_settings(MAIN_CONFIG), root=root)
     scenarios = MetaScenarioSet(
         domains=DOMAINS, num_train=args.train_scenarios, num_val=0,
         num_test_id=args.test_scenarios, num_test_ood=args.test_scenarios,
     )
-    # This scenario set is not the one the package's shipped behaviour agents were trained for:
-    # the dataset trains its own (where DatasetConfig has the switch).
-    own_agents = {"train_agents": True} if "train_agents" in {f.name for f in dataclasses.fields(DatasetConfig)} else {}
+    # Not the scenario set the shipped behaviour agents were trained for: train agents here.
     return DatasetConfig(
         root=root, scenarios=scenarios, behaviour="sac", episodes_per_scenario=args.episodes,
-        test_episodes_per_scenario=2, episode_steps=args.episode_steps, sac_steps=args.sac_steps,
-        sac=SACConfig(warmup_steps=min(1000, args.sac_steps // 2)), **own_agents,
+        test_episodes_per_scenario=2, episode_steps=args.episode_steps, train_agents=True, sac_steps=args.sac_steps,
+        sac=SACConfig(warmup_steps=min(1000, args.sac_steps // 2)),
     )
 
 
 def behaviour_returns(root: str, domain: str) -> str:
     """The behaviour agent's expert and medium returns from `<root>/_agents/<domain>/summary.json`."""
     summary = json.loads((Path(root) / "_agents" / domain / "summary.json").read_text())
-    if "held_out" in summary:  # per-scenario selection: held-out picks, and the mean of the training scenarios' picks
-        held, train = summary["held_out"], summary["scenarios"].values()
-        mean = {p: np.mean([s[p]["return"] for s in train]) for p in ("expert", "medium")}
-        return (f"{domain} {held['expert']['return']:.1f} / {held['medium']['return']:.1f} held-out "
-                f"({mean['expert']:.1f} / {mean['medium']:.1f} on training scenarios)")
-    return f"{domain} {summary['expert']['return']:.1f} / {summary['medium']['return']:.1f}"
+    held, train = summary["held_out"], summary["scenarios"].values()  # held-out picks; per-scenario picks
+    mean = {p: np.mean([s[p]["return"] for s in train]) for p in ("expert", "medium")}
+    return (f"{domain} {held['expert']['return']:.1f} / {held['medium']['return']:.1f} held-out "
+            f"({mean['expert']:.1f} / {mean['medium']:.1f} on training scenarios)")
 
 
 def train(dm: MultiScenarioDataModule, seed: int, steps: int, lr: float) -> tuple[MrCoM, dict]:
@@ -263,14 +270,18 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="imagination-bench-") if args.smoke else None
-    root = args.root or (f"{tmp.name}/data" if tmp else "data/imagination-bench")
-    out = Path(args.out or (f"{tmp.name}/results" if tmp else "benchmarks/results/imagination"))
+    default_root, default_out = {
+        "own": ("data/imagination-bench", "benchmarks/results/imagination"),
+        "main": ("data/multi", "benchmarks/results/imagination-main"),
+    }[args.data]
+    root = args.root or (f"{tmp.name}/data" if tmp else default_root)
+    out = Path(args.out or (f"{tmp.name}/results" if tmp else default_out))
     dataset = dataset_config(args, root)
 
     complete = is_complete(root)
     print(f"data: {root} (already collected)" if complete else f"data: collecting into {root} ...", flush=True)
     try:  # resumable; on a complete dataset it only checks that it was collected with these settings
-        collect(dataset, workers=1, progress=args.progress)
+        collect(dataset, workers=args.workers, progress=args.progress)
     except ValueError as error:
         raise SystemExit(f"{error}\n(--root {root} holds another dataset: delete it or choose another --root)")
     if not complete:
@@ -282,9 +293,11 @@ def main() -> None:
     for split, by_policy in scores.items():  # written by `collect` where it scores the episodes
         print(f"behaviour scores {split} (100 x return / steps): "
               + "; ".join(f"{p} " + ", ".join(f"{d} {v:.1f}" for d, v in by_domain.items()) for p, by_domain in by_policy.items()))
-    print(f"data: {args.train_scenarios} training scenarios per domain, SAC {args.sac_steps} steps per domain, "
-          f"{args.episodes} episodes per scenario and policy, {args.test_scenarios} test_id and test_ood scenarios "
-          f"per domain, {args.episode_steps}-step episodes")
+    s = dataset.scenarios
+    print(f"data: {s.num_train} training scenarios per domain, {dataset.episodes_per_scenario} episodes per scenario "
+          f"and policy, {s.num_test_id} test_id and {s.num_test_ood} test_ood scenarios per domain, "
+          f"{dataset.episode_steps}-step episodes, " + ("shipped agents" if args.data == "main" else
+                                                         f"agents trained here for {args.sac_steps} steps"))
     print(f"model: {dataclasses.asdict(REDUCED)}")
     print(f"training: {args.steps} steps per seed, batch {args.batch_size} x {args.sequence_length}, lr {args.lr}; "
           f"evaluation: burn-in {args.sequence_length - args.horizon}, H {args.horizon}", flush=True)
