@@ -14,7 +14,11 @@ class ScenarioAdaptation(L.Callback):
 
     During `fit`, every `every_n_validations` validations (with the infinite training stream an
     epoch is one validation interval), on rank 0 only, each target gets
-    `adapt/<split>/<domain>-<index>/score`; during `test`, the targets of the test splits do.
+    `adapt/<split>/<domain>-<index>/score` (and, with `baseline`, `.../sac_score`), with the run's
+    summary: `.../real_steps`, `.../imagined_share` (mean share of imagined rows in SAC's batches)
+    and `.../model_one_step_error` / `.../naive_one_step_error` (the safeguard's last check).
+    During `test` the targets of the test splits are adapted to, with plain SAC beside them
+    (`test_baseline`), and both scores are printed with the number of real steps.
     The adaptation runs on a copy of the model, so training never sees it. Under DDP the other
     ranks wait at their next collective meanwhile: keep one round of adaptation shorter than the
     process group's timeout (30 minutes by default).
@@ -23,8 +27,9 @@ class ScenarioAdaptation(L.Callback):
         targets: scenarios as `SPLIT/DOMAIN/INDEX` of the datamodule's meta-scenario set (`*` = every domain).
         test_targets: the scenarios adapted to at the end of `mrcom test`.
         every_n_validations: adapt after every n-th validation of `fit` (0: never during fit).
-        adaptation: the adaptation loop's settings.
-        baseline: also run plain SAC with the same budget, logged as `.../sac_score`.
+        adaptation: the adaptation loop's settings; the default is `mrcom adapt`'s (`AdaptationConfig()`).
+        baseline: also run plain SAC with the same budget during `fit`, logged as `.../sac_score`.
+        test_baseline: also run plain SAC during `test`.
         seed: seeds the target environments and the agents.
     """
 
@@ -33,8 +38,9 @@ class ScenarioAdaptation(L.Callback):
         targets: list[str] = ["val/*/0"],
         test_targets: list[str] = ["test_id/*/0", "test_ood/*/0"],
         every_n_validations: int = 1,
-        adaptation: AdaptationConfig = AdaptationConfig(env_steps=2000, episode_steps=250, warmup_steps=500, updates_per_step=1),
+        adaptation: AdaptationConfig = AdaptationConfig(),
         baseline: bool = False,
+        test_baseline: bool = True,
         seed: int = 0,
     ):
         if every_n_validations < 0:
@@ -44,16 +50,17 @@ class ScenarioAdaptation(L.Callback):
         self.every_n_validations = every_n_validations
         self.adaptation = adaptation
         self.baseline = baseline
+        self.test_baseline = test_baseline
         self.seed = seed
         self.validations = 0
 
-    def _run(self, trainer: L.Trainer, pl_module, selectors: list[str]) -> dict[str, float]:
+    def _run(self, trainer: L.Trainer, pl_module, selectors: list[str], baseline: bool) -> dict[str, float]:
         # Validation and test hooks run under inference mode; SAC (and fine-tuning) need autograd,
         # and a copy taken inside inference mode would be made of inference tensors.
         with torch.inference_mode(False), torch.enable_grad():
-            return self._adapt(trainer, pl_module, selectors)
+            return self._adapt(trainer, pl_module, selectors, baseline)
 
-    def _adapt(self, trainer: L.Trainer, pl_module, selectors: list[str]) -> dict[str, float]:
+    def _adapt(self, trainer: L.Trainer, pl_module, selectors: list[str], baseline: bool) -> dict[str, float]:
         scenarios = trainer.datamodule.hparams.dataset.scenarios
         metrics = {}
         for name, spec in resolve_targets(scenarios, selectors).items():
@@ -61,10 +68,17 @@ class ScenarioAdaptation(L.Callback):
             model = pl_module.eager_copy()
             result = adapt(spec, self.adaptation, model, use_model=True, seed=self.seed, progress=False)
             metrics[f"adapt/{name}/score"] = result.score
-            if self.baseline:
+            metrics[f"adapt/{name}/real_steps"] = float(result.eval_steps[-1])
+            metrics[f"adapt/{name}/imagined_share"] = result.summary()["imagined_share"]
+            for key in ("model_one_step_error", "naive_one_step_error"):
+                if points := result.metrics.get(f"charts/{key}"):
+                    metrics[f"adapt/{name}/{key}"] = points[-1][1]
+            text = f"adaptation to {name} ({spec}) after {result.eval_steps[-1]} real steps: MrCoM {result.score:.2f}"
+            if baseline:
                 sac = adapt(spec, self.adaptation, None, use_model=False, seed=self.seed, progress=False)
                 metrics[f"adapt/{name}/sac_score"] = sac.score
-            rank_zero_info(f"adaptation to {name} ({spec}): score {result.score:.1f}")
+                text += f", SAC {sac.score:.2f}"
+            rank_zero_info(text)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return metrics
@@ -74,12 +88,17 @@ class ScenarioAdaptation(L.Callback):
             return
         self.validations += 1
         if self.validations % self.every_n_validations == 0 and trainer.is_global_zero:
-            self._run(trainer, pl_module, self.targets)
+            self._run(trainer, pl_module, self.targets, self.baseline)
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero and self.test_targets:
-            for name, value in self._run(trainer, pl_module, self.test_targets).items():
-                print(f"{name}: {value:.2f}")
+            metrics = self._run(trainer, pl_module, self.test_targets, self.test_baseline)
+            print(f"{'target':<24} {'mrcom':>7} {'sac':>7} {'real_steps':>10}")
+            for key in metrics:
+                if key.endswith("/score"):
+                    name = key[len("adapt/") : -len("/score")]
+                    sac = metrics.get(f"adapt/{name}/sac_score", float("nan"))
+                    print(f"{name:<24} {metrics[key]:7.2f} {sac:7.2f} {int(metrics[f'adapt/{name}/real_steps']):>10}")
 
     def state_dict(self) -> dict:
         return {"validations": self.validations}

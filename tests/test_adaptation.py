@@ -1,6 +1,7 @@
 """Scenario adaptation (Algorithm 2, DESIGN.md §5): imagination from real latents with the current
-policy, a world model that stays fixed unless fine-tuned, a model pool that feeds SAC, target names,
-the callback inside `fit`, `mrcom adapt`, and adaptation that beats a random policy."""
+policy, fine-tuning that fits the model to the target, the uncertainty cut, the safeguard that
+turns a broken model into plain SAC, a model pool that feeds SAC, the logged metrics, target
+names, the callback inside `fit`, `mrcom adapt`, and adaptation that beats a random policy."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import yaml
 
 from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, resolve_targets, score_of
 from mrcom_lightning.adaptation import loop
+from mrcom_lightning.adaptation.imagination import open_loop_errors
 from mrcom_lightning.agents import SAC, SACConfig
+from mrcom_lightning.metrics import masked_mean
 from mrcom_lightning.models import WorldModelConfig
 from mrcom_lightning.module import MrCoM
 from mrcom_lightning.scenarios import MetaScenarioSet, ScenarioSpec, make_env
@@ -148,22 +151,44 @@ def test_a_history_prompt_is_another_episode_or_the_windows_own_past():
 # --- the world model is held out of policy learning ----------------------------------------
 
 
-def test_adaptation_leaves_the_world_model_unchanged():
+def test_without_fine_tuning_the_world_model_is_untouched():
     model = tiny_model()
     before = snapshot(model)
-    result = adapt(HOPPER, tiny_config(), model, use_model=True, seed=0, progress=False)
+    result = adapt(HOPPER, tiny_config(fine_tune=False, safeguard=False), model, use_model=True, seed=0, progress=False)
     assert result.imagined > 0  # the model was used
     assert changed(before, model.state_dict()) == []
     assert math.isfinite(result.score) and result.use_model
 
 
-def test_fine_tuning_trains_the_world_model():
+def test_fine_tuning_is_on_by_default_and_trains_the_world_model():
+    assert AdaptationConfig().fine_tune
     model = tiny_model()
     before = snapshot(model)
-    adapt(HOPPER, tiny_config(fine_tune=True), model, use_model=True, seed=0, progress=False)
+    result = adapt(HOPPER, tiny_config(), model, use_model=True, seed=0, progress=False)
     names = changed(before, model.state_dict())
     assert any(name.startswith("world_model.") for name in names), names
     assert not model.training  # handed back in evaluation mode
+    assert len(result.metrics["losses/model_fine_tune"]) == expected_rounds(tiny_config())
+
+
+def reconstruction_error(model: MrCoM, batch) -> float:
+    """MSE of the decoded observations against the real ones (normalised space, real dims)."""
+    with torch.no_grad():
+        predictions = model.world_model.predict(batch)
+    return masked_mean((predictions.obs - predictions.obs_target) ** 2, predictions.obs_mask).mean().item()
+
+
+def test_fine_tuning_lowers_the_error_on_the_targets_transitions():
+    model = tiny_model()
+    history = hopper_history(episodes=3)
+    config = tiny_config(fine_tune_steps=40, fine_tune_lr=3e-3)
+    domain = model.domains.index("hopper")
+    held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain, 17, 6)
+    before = reconstruction_error(model, held)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune_lr)
+    loss = loop._fine_tune(model, history, config, domain, optimizer, np.random.default_rng(0), "cpu")
+    assert math.isfinite(loss)
+    assert reconstruction_error(model, held) < 0.8 * before
 
 
 def test_plain_sac_needs_no_model():
@@ -205,6 +230,11 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(real_ratio=0.0), "adaptation.real_ratio"),
         (dict(real_ratio=1.5), "adaptation.real_ratio"),
         (dict(history_length=30), "adaptation.history_length"),
+        (dict(rollout_samples=0), "adaptation.rollout_samples"),
+        (dict(uncertainty="ensemble"), "adaptation.uncertainty"),
+        (dict(uncertainty_threshold=-1.0), "adaptation.uncertainty_threshold"),
+        (dict(safeguard_windows=0), "adaptation.safeguard_windows"),
+        (dict(fine_tune_lr=0.0), "adaptation.fine_tune_lr"),
     ],
 )
 def test_bad_adaptation_settings_name_their_key(changes, key):
@@ -222,7 +252,8 @@ def expected_rounds(config: AdaptationConfig) -> int:
 
 @pytest.mark.parametrize("use_model", [True, False])
 def test_the_model_pool_feeds_sac(monkeypatch, use_model):
-    config = tiny_config()
+    # Every rollout kept (no safeguard, no cut, one sample per start): the pool's mechanics alone.
+    config = tiny_config(safeguard=False, uncertainty="none", rollout_samples=1, fine_tune=False)
     rollouts, batches = [], []
     original_imagine, original_update = loop.imagine, SAC.update
 
@@ -253,6 +284,128 @@ def test_the_model_pool_feeds_sac(monkeypatch, use_model):
     for after_rounds, batch in batches:
         from_model = sum(row.numpy().tobytes() in imagined for row in batch["next_obs"])
         assert from_model == (config.sac.batch_size - n_real if after_rounds else 0)
+    shares = [value for _, value in result.metrics["charts/imagined_share"]]
+    assert shares[-1] == pytest.approx(1 - n_real / config.sac.batch_size)
+
+
+# --- uncertainty and the safeguard ---------------------------------------------------------
+
+
+def test_samples_of_one_start_share_actions_and_disagree_by_the_models_sampling():
+    model = tiny_model()
+    batch = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    out = imagine(model.world_model, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=5)
+    assert out["obs"].shape == (3 * 5 * 2, 15)
+    action = out["action"].view(3, 5, 2, 4)
+    torch.testing.assert_close(action, action[:, :1].expand_as(action), rtol=0, atol=0)  # the first copy's
+    next_obs = out["next_obs"].view(3, 5, 2, 15)
+    assert not torch.allclose(next_obs[:, 0], next_obs[:, 1])  # the copies sample their own latents
+    disagreement = out["disagreement"].view(3, 5, 2)
+    assert (disagreement > 0).all() and (disagreement == disagreement[:, :1]).all()  # one value per start and step
+    assert out["step"].view(3, 5, 2).tolist() == [[[0, 1]] * 5] * 3
+
+
+def rollouts_with(disagreement: list[list[float]]) -> dict[str, torch.Tensor]:
+    """`imagine`-shaped transitions of len(disagreement) rollouts with the given disagreement per step."""
+    d = torch.tensor(disagreement).view(-1)
+    n = len(d)
+    return {"obs": torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3), "action": torch.zeros(n, 2),
+            "reward": torch.ones(n), "next_obs": torch.zeros(n, 3), "done": torch.zeros(n), "disagreement": d}
+
+
+def test_truncation_keeps_each_rollout_up_to_its_first_uncertain_step():
+    rollouts = rollouts_with([[0.1, 0.7, 0.1], [0.1, 0.2, 0.3], [0.9, 0.1, 0.1]])
+    kept = loop._imagined(rollouts, tiny_config(uncertainty="truncate", uncertainty_threshold=0.5), 3)
+    assert kept["obs"][:, 0].tolist() == [0, 3, 4, 5]  # rollout 0 until its step 1, all of 1, none of 2
+    penalised = loop._imagined(rollouts, tiny_config(uncertainty="penalty", uncertainty_penalty=2.0), 3)
+    np.testing.assert_allclose(penalised["reward"], 1 - 2 * rollouts["disagreement"].numpy(), rtol=1e-6)
+    assert len(loop._imagined(rollouts, tiny_config(uncertainty="none"), 3)["reward"]) == 9
+
+
+def test_the_safeguard_trusts_the_horizons_where_the_model_beats_the_naive_forecast(monkeypatch):
+    # The model is better than naive at h = 1, 2 and worse on the reward at h = 3: two steps are trusted.
+    errors = {"model_obs": torch.tensor([0.1, 0.2, 0.3, 0.1, 0.1]), "naive_obs": torch.ones(5),
+              "model_reward": torch.tensor([0.1, 0.1, 2.0, 0.1, 0.1]), "naive_reward": torch.ones(5)}
+    monkeypatch.setattr(loop, "open_loop_errors", lambda *args: errors)
+    horizons = []
+    original_imagine = loop.imagine
+
+    def recording_imagine(world_model, batch, policy, horizon, *args):
+        horizons.append(horizon)
+        return original_imagine(world_model, batch, policy, horizon, *args)
+
+    monkeypatch.setattr(loop, "imagine", recording_imagine)
+    config = tiny_config(horizon=5, uncertainty="none")
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    assert horizons == [2] * expected_rounds(config)
+    assert result.imagined == expected_rounds(config) * config.rollout_batch * config.rollout_samples * 2
+    assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {2.0}
+
+
+CHEETAH = ScenarioSpec("cheetah", target_speed=0.1, seed=3)
+
+
+def test_the_safeguard_makes_a_broken_model_plain_sac():
+    """A model with random weights predicts worse than repeating the last observation: the
+    safeguard trusts it nowhere, the agent learns from real data alone, and adaptation is plain
+    SAC's, step for step (same seed, same draws), not worse by any noise at all."""
+    config = tiny_config(env_steps=120, warmup_steps=40)
+    for seed in (0, 1):
+        model = adapt(CHEETAH, config, tiny_model(), use_model=True, seed=seed, progress=False)
+        sac = adapt(CHEETAH, config, None, use_model=False, seed=seed, progress=False)
+        assert [value for _, value in model.metrics["charts/trusted_horizon"]] == [0.0] * expected_rounds(config)
+        assert model.imagined == 0
+        assert all(value == 0 for _, value in model.metrics["charts/imagined_share"])
+        assert model.eval_scores == sac.eval_scores
+        assert changed(snapshot(sac.agent), model.agent.state_dict()) == []
+    # Without the safeguard the same broken model feeds the agent, which then learns otherwise.
+    unguarded = adapt(CHEETAH, dataclasses.replace(config, safeguard=False), tiny_model(), use_model=True, seed=1,
+                      progress=False)
+    assert unguarded.imagined > 0 and changed(snapshot(sac.agent), unguarded.agent.state_dict()) != []
+
+
+def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
+    history = hopper_history(episodes=3, steps=30)
+    windows = history.windows(50, 6, prompt_length=4, rng=np.random.default_rng(0), newest=10)
+    last = history.episodes[-1]["obs"]
+    # Every window ends within the last 10 transitions of the last episode.
+    for obs in windows["obs"]:
+        end = next(s for s in range(len(last) - 6) if (last[s : s + 7] == obs).all()) + 6
+        assert end >= 30 - 10 + 1
+    model = tiny_model()
+    batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), 0, 17, 6, newest=10)
+    errors = open_loop_errors(model.world_model, batch, 3)
+    assert all(value.shape == (3,) and torch.isfinite(value).all() for value in errors.values())
+
+
+# --- logged metrics ----------------------------------------------------------------------
+
+LOGGED = ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "charts/q_mean", "losses/model_fine_tune",
+          "charts/imagined_share", "charts/model_one_step_error", "charts/naive_one_step_error", "charts/score")
+
+
+def test_adaptation_logs_sac_model_and_score_metrics():
+    config = tiny_config(eval_every=20)
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    for name in LOGGED:
+        points = result.metrics[name]
+        assert points and all(math.isfinite(value) for _, value in points), name
+    assert result.metrics["charts/score"] == list(zip(result.eval_steps, result.eval_scores))
+    assert result.eval_steps == [20, 40, 60]
+    sac = adapt(HOPPER, config, None, use_model=False, seed=0, progress=False)
+    assert "losses/qf_loss" in sac.metrics and "losses/model_fine_tune" not in sac.metrics
+
+
+def test_the_callback_and_mrcom_adapt_share_their_defaults():
+    import inspect
+
+    from mrcom_lightning.adaptation.cli import adapt_parser
+    from mrcom_lightning.callbacks import ScenarioAdaptation
+
+    callback_default = inspect.signature(ScenarioAdaptation).parameters["adaptation"].default
+    assert callback_default == AdaptationConfig()
+    parsed = adapt_parser().parse_args(["--ckpt_path", "x.ckpt"])
+    assert AdaptationConfig(**{k: v for k, v in vars(parsed.adaptation).items() if k != "sac"}) == AdaptationConfig()
 
 
 # --- target names ------------------------------------------------------------------------
@@ -324,9 +477,10 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
         global_step=7,
     )
     callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune=True))
-    metrics = callback._run(trainer, model, callback.targets)
+    metrics = callback._run(trainer, model, callback.targets, baseline=False)
 
-    assert metrics == {"adapt/val/hopper-0/score": 1.0, "adapt/val/cheetah-0/score": 1.0}
+    summary = {"score": 1.0, "real_steps": 60.0, "imagined_share": 0.0}
+    assert metrics == {f"adapt/val/{d}-0/{k}": v for d in ("hopper", "cheetah") for k, v in summary.items()}
     assert logged == [(metrics, 7)]
     assert len(starts) == 2 and all(changed(before, start) == [] for start in starts)
     assert changed(before, model.state_dict()) == []  # training never sees the adaptation
@@ -402,6 +556,10 @@ def test_mrcom_adapt_scores_against_sac_and_logs_runs(fit_with_adaptation):
         assert run.data.params["target"] == "test_ood/hopper-0" and run.data.params["adaptation.env_steps"] == "200"
         history = client.get_metric_history(run.info.run_id, "adapt/test_ood/hopper-0/score")
         assert [m.step for m in history] == [200]
+        logged = {"losses/qf_loss", "losses/actor_loss", "losses/alpha", "charts/q_mean", "charts/imagined_share"}
+        if run.data.params["method"] == "mrcom":
+            logged |= {"losses/model_fine_tune", "charts/model_one_step_error", "charts/naive_one_step_error"}
+        assert logged <= set(run.data.metrics), run.data.params["method"]
         # The printed table and the tracked run report the same evaluation.
         assert history[0].value == pytest.approx(printed[run.data.params["method"]], abs=0.005)
 
@@ -429,8 +587,10 @@ def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, m
 # another data and model seed, 19.1 and 15.4. A model trained on random-action data alone stays
 # below the random policy at this budget: it has never seen the reward of moving forward.
 LEARN_TARGET = ScenarioSpec("cheetah", target_speed=0.1, seed=5)
+# The loop as it was measured: every rollout kept (no safeguard, no cut, no fine-tuning), 5% real rows.
 LEARN = AdaptationConfig(
     env_steps=5000, episode_steps=200, warmup_steps=200, updates_per_step=1, rollout_every=100, rollout_batch=100,
+    rollout_samples=1, uncertainty="none", real_ratio=0.05, safeguard=False, fine_tune=False, eval_every=0,
     history_length=8, eval_episodes=3, sac=SACConfig(hidden_dim=64, batch_size=128, warmup_steps=0),
 )
 SMALL = WorldModelConfig(
@@ -494,3 +654,56 @@ def test_adaptation_with_a_model_of_the_target_beats_a_random_policy(monkeypatch
         (make_env_fn, episodes), = evaluations
         random_score = score_of(original_evaluate(RandomPolicy(6, seed), make_env_fn, episodes), LEARN.episode_steps)
         assert result.score > 2 * random_score, f"seed {seed}: adapted {result.score:.2f}, random {random_score:.2f}"
+
+
+# --- reports: `mrcom test`, MLflow and `mrcom compare` -------------------------------------
+
+
+def test_mrcom_test_prints_both_scores_with_the_real_steps(monkeypatch, capsys):
+    from mrcom_lightning.callbacks import ScenarioAdaptation
+    from mrcom_lightning.callbacks import adaptation as callback_module
+
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+        score = 12.5 if use_model else 10.0
+        return loop.AdaptationResult(target, use_model, score, [config.env_steps], [score], 0, 0.0, None)
+
+    monkeypatch.setattr(callback_module, "adapt", fake)
+    scenarios = MetaScenarioSet(domains=("hopper",), num_test_id=1)
+    trainer = types.SimpleNamespace(
+        datamodule=types.SimpleNamespace(hparams=types.SimpleNamespace(dataset=types.SimpleNamespace(scenarios=scenarios))),
+        loggers=[], global_step=0, is_global_zero=True,
+    )
+    callback = ScenarioAdaptation(test_targets=["test_id/hopper/0"], adaptation=tiny_config())
+    callback.on_test_end(trainer, tiny_model())
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[-2].split() == ["target", "mrcom", "sac", "real_steps"]
+    assert rows[-1].split() == ["test_id/hopper-0", "12.50", "10.00", "60"]
+
+
+def test_adapt_runs_are_logged_to_mlflow_and_compare_draws_their_curves(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from mrcom_lightning.adaptation.cli import _log
+    from mrcom_lightning.compare import compare_main
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = tiny_config(eval_every=20)
+    for seed in (0, 1):
+        for use_model in (True, False):
+            result = adapt(HOPPER, config, tiny_model() if use_model else None, use_model, seed, progress=False)
+            _log(uri, "adapt", "x.ckpt", "test_id/hopper-0", seed, result, config)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("adapt").experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        names = set(run.data.metrics)
+        assert {"losses/qf_loss", "losses/alpha", "charts/q_mean", "charts/score", "adapt/test_id/hopper-0/score"} <= names
+        if run.data.params["method"] == "mrcom":
+            assert {"losses/model_fine_tune", "charts/model_one_step_error", "charts/imagined_share"} <= names
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "charts/score")] == [20, 40, 60]
+
+    out = tmp_path / "comparison"
+    compare_main(["--tracking_uri", uri, "--experiment", "[adapt]", "--metric", "adapt/test_id/{domain}/score",
+                  "--columns", "params.method", "--curve", "charts/score", "--reference", "sac", "--out", str(out)])
+    assert "| hopper-0 |" in capsys.readouterr().out
+    assert (out / "curves.png").stat().st_size > 0

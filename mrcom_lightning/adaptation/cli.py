@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -40,19 +41,27 @@ def adapt_parser() -> ArgumentParser:
 
 
 def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: int, result, config) -> None:
+    """One MLflow run per adaptation: its settings as params, the score curve as `adapt/<target>/score`
+    (what `mrcom compare --metric 'adapt/<split>/{domain}/score'` reads) and every metric the loop
+    logged (`losses/...`, `charts/...`) against the real step."""
     import mlflow
+    from mlflow.entities import Metric
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     method = "mrcom" if result.use_model else "sac"
-    with mlflow.start_run(run_name=f"{method}-{name}-seed{seed}"):
+    with mlflow.start_run(run_name=f"{method}-{name}-seed{seed}") as run:
         mlflow.log_params(
             {"method": method, "target": name, "domain": result.target.domain, "seed": seed, "ckpt_path": ckpt_path,
              "spec": str(result.target)}
             | {f"adaptation.{k}": v for k, v in dataclasses.asdict(config).items() if k != "sac"}
         )
-        for step, score in zip(result.eval_steps, result.eval_scores):
-            mlflow.log_metric(f"adapt/{name}/score", score, step=step)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"adapt/{name}/score", score, now, step) for step, score in zip(result.eval_steps, result.eval_scores)]
+        metrics += [Metric(key, value, now, step) for key, points in result.metrics.items() for step, value in points]
+        client = mlflow.MlflowClient()
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
 
 
 def _load_module(ckpt_path: str):
@@ -94,7 +103,7 @@ def adapt_main(argv: list[str]) -> None:
                 model = copy.deepcopy(module) if use_model else None
                 result = adapt(spec, settings.adaptation, model, use_model, seed, settings.progress, settings.device)
                 _log(settings.tracking_uri, settings.experiment, settings.ckpt_path, name, seed, result, settings.adaptation)
-                rows.append((name, "mrcom" if use_model else "sac", seed, result.score))
-    print(f"{'target':<24} {'method':<6} {'seed':>4} {'score':>7}")
-    for name, method, seed, score in rows:
-        print(f"{name:<24} {method:<6} {seed:>4} {score:7.2f}")
+                rows.append((name, "mrcom" if use_model else "sac", seed, result.score, result.eval_steps[-1]))
+    print(f"{'target':<24} {'method':<6} {'seed':>4} {'score':>7} {'real_steps':>10}")
+    for name, method, seed, score, steps in rows:
+        print(f"{name:<24} {method:<6} {seed:>4} {score:7.2f} {steps:>10}")

@@ -53,13 +53,24 @@ class RealHistory:
         prompt = {key: episode[key][:length] for key in ("obs", "action", "reward")}
         return prompt, (0 if others else length)
 
-    def windows(self, count: int, length: int, prompt_length: int, rng: np.random.Generator) -> dict[str, list] | None:
+    def __len__(self) -> int:
+        """Real transitions so far."""
+        return sum(len(e["action"]) for e in self.episodes) + len(self._action)
+
+    def windows(
+        self, count: int, length: int, prompt_length: int, rng: np.random.Generator, newest: int | None = None
+    ) -> dict[str, list] | None:
         """`count` windows of `length` transitions (obs [length+1]) ending at uniformly drawn real steps,
-        each with its prompt, at the target's own sizes. None while no episode has room for one."""
+        each with its prompt, at the target's own sizes; with `newest`, only windows whose last
+        transition is one of the newest `newest` real transitions. None while no episode has room."""
         episodes = self.all_episodes()
+        total, offset = sum(len(e["action"]) for e in episodes), 0
         choices = []
         for i, episode in enumerate(episodes):
             prompt, earliest = self._prompt_for(i, episodes, prompt_length)
+            if newest is not None:  # the window's last transition, offset + start + length − 1, is recent
+                earliest = max(earliest, total - newest - offset - length + 1)
+            offset += len(episode["action"])
             room = len(episode["action"]) - length + 1 - earliest
             if prompt is not None and room > 0:
                 choices.append((i, prompt, earliest, room))
@@ -80,10 +91,10 @@ class RealHistory:
 
     def batch(
         self, count: int, length: int, prompt_length: int, rng: np.random.Generator, domain: int, obs_max: int,
-        act_max: int, device: str | torch.device = "cpu",
+        act_max: int, device: str | torch.device = "cpu", newest: int | None = None,
     ) -> Batch | None:
         """`windows(...)` as the world model's batch of domain id `domain`."""
-        windows = self.windows(count, length, prompt_length, rng)
+        windows = self.windows(count, length, prompt_length, rng, newest)
         if windows is None:
             return None
         return pad_batch(

@@ -2,10 +2,22 @@
 
 One loop serves the `ScenarioAdaptation` callback during `fit`, `mrcom test` and `mrcom adapt`;
 with `use_model=False` it is the no-model baseline (plain SAC with the same real-step budget).
+
+Each rollout round (every `rollout_every` real steps once learning starts) does, in order:
+1. safeguard: the model's open-loop error on windows ending at the newest real transitions,
+   against the naive forecast; imagined steps are kept only up to the first horizon step where
+   the model is not better on both observation and reward (none: the pool is emptied and SAC
+   learns from real data alone, exactly as plain SAC would);
+2. fine-tuning of the world model on the target's real history so far;
+3. rollouts from real latents, K samples per start; rollouts are cut where the samples disagree
+   (or their reward is penalised, MOPO), and the rest enter the model pool.
+Between rounds every SAC batch mixes `real_ratio` real rows with imagined ones.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import math
 import time
@@ -15,62 +27,101 @@ import torch
 from tqdm.auto import tqdm
 
 from mrcom_lightning.adaptation.history import RealHistory
-from mrcom_lightning.adaptation.imagination import imagine
+from mrcom_lightning.adaptation.imagination import imagine, open_loop_errors
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
 
+UNCERTAINTY = ("truncate", "penalty", "none")
+# SAC.update's keys under CleanRL's names.
+SAC_METRICS = {
+    "critic_loss": "losses/qf_loss",
+    "actor_loss": "losses/actor_loss",
+    "temperature": "losses/alpha",
+    "temperature_loss": "losses/alpha_loss",
+    "q_mean": "charts/q_mean",
+    "entropy": "charts/entropy",
+}
+FINE_TUNE_CLIP = 100.0  # the gradient clipping of `mrcom fit` (configs/*.yaml)
+
 
 @dataclasses.dataclass
 class AdaptationConfig:
-    """How a target scenario is adapted to (paper: horizon 5, 10 policy updates per step).
+    """How a target scenario is adapted to. The defaults are sized for a CPU (benchmarks/README.md
+    measures them); the paper's budget is `env_steps=100000 episode_steps=1000 updates_per_step=10`.
 
     Attributes:
         env_steps: real environment steps in the target scenario (the budget).
-        episode_steps: steps per target episode (dm_control's default is 1000).
+        episode_steps: steps per target episode (dm_control's default and the paper's is 1000).
         warmup_steps: random-action steps before the policy acts and learns.
-        updates_per_step: SAC updates per real environment step (paper: 10).
-        horizon: imagined steps per rollout (paper: 5).
+        updates_per_step: SAC updates per real environment step, for both methods (paper: 10).
+        horizon: imagined steps per rollout at most (paper: 5).
         rollout_every: real steps between rollout rounds (MBPO: 250).
-        rollout_batch: rollouts per round, each from a real latent state.
-        real_ratio: share of real transitions in each SAC batch (MBPO: 0.05).
-        model_pool_rounds: rollout rounds the model pool keeps (MBPO: about one epoch).
+        rollout_batch: rollout starts per round, each a real latent state.
+        rollout_samples: rollouts per start (K), which differ only by the model's sampling; their
+            spread is the disagreement that `uncertainty` reads, and all K enter the pool.
+        uncertainty: "truncate" cuts a rollout before its first step whose disagreement exceeds
+            `uncertainty_threshold`; "penalty" uses r − `uncertainty_penalty` · disagreement (MOPO);
+            "none" keeps every step.
+        uncertainty_threshold: the disagreement (std of the normalised next observation, mean over
+            dims, plus std of the reward) above which "truncate" cuts.
+        uncertainty_penalty: λ of "penalty".
+        real_ratio: share of real transitions in each SAC batch while the pool has imagined ones
+            (MBPO: 0.05, with an ensemble fitted to the target and 20-40 updates per step).
+        model_pool_rounds: rollout rounds the model pool can hold (MBPO: about one epoch).
         history_length: real transitions each start latent is inferred from.
-        fine_tune: also train the world model on the target's real data.
+        safeguard: keep imagined steps only at horizons where the model currently beats the naive
+            forecast on the newest real transitions (observation and reward, h = 1..horizon).
+        safeguard_windows: real windows per round that the safeguard measures the model on.
+        fine_tune: train the world model on the target's real data as it arrives (measured in
+            benchmarks/README.md: with the safeguard off it made the rollouts harmful; see there).
         fine_tune_steps: world-model gradient steps per rollout round when fine-tuning.
-        fine_tune_lr: learning rate of that fine-tuning.
-        eval_every: real steps between evaluations (0: only at the end).
+        fine_tune_batch: windows per fine-tuning step.
+        fine_tune_lr: learning rate (AdamW) of that fine-tuning.
+        eval_every: real steps between evaluations, the score curve (0: only at the end).
         eval_episodes: evaluation episodes; the score is their mean return in percent of the maximum.
         sac: the agent's settings (paper: discount 0.99, actor lr 1e-4, critic lr 2e-4).
     """
 
     env_steps: int = 10_000
-    episode_steps: int = 1000
+    episode_steps: int = 250
     warmup_steps: int = 1000
-    updates_per_step: int = 10
+    updates_per_step: int = 1
     horizon: int = 5
     rollout_every: int = 250
-    rollout_batch: int = 400
-    real_ratio: float = 0.05
+    rollout_batch: int = 1000
+    rollout_samples: int = 4
+    uncertainty: str = "truncate"
+    uncertainty_threshold: float = 0.5
+    uncertainty_penalty: float = 1.0
+    real_ratio: float = 0.5
     model_pool_rounds: int = 4
     history_length: int = 16
-    fine_tune: bool = False
+    safeguard: bool = True
+    safeguard_windows: int = 64
+    fine_tune: bool = True
     fine_tune_steps: int = 20
-    fine_tune_lr: float = 1e-4
-    eval_every: int = 0
+    fine_tune_batch: int = 16
+    fine_tune_lr: float = 3e-4
+    eval_every: int = 1000
     eval_episodes: int = 5
     sac: SACConfig = dataclasses.field(default_factory=lambda: SACConfig(warmup_steps=0))
 
     def __post_init__(self) -> None:
-        for name in ("env_steps", "episode_steps", "horizon", "rollout_every", "rollout_batch", "model_pool_rounds",
-                     "history_length", "eval_episodes"):
+        for name in ("env_steps", "episode_steps", "horizon", "rollout_every", "rollout_batch", "rollout_samples",
+                     "model_pool_rounds", "history_length", "safeguard_windows", "fine_tune_batch", "eval_episodes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"adaptation.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "updates_per_step", "fine_tune_steps", "eval_every"):
+        for name in ("warmup_steps", "updates_per_step", "fine_tune_steps", "eval_every", "uncertainty_threshold",
+                     "uncertainty_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"adaptation.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 < self.real_ratio <= 1.0:
             raise ValueError(f"adaptation.real_ratio must be in (0, 1], got {self.real_ratio!r}")
+        if self.uncertainty not in UNCERTAINTY:
+            raise ValueError(f"adaptation.uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
+        if self.fine_tune_lr <= 0:
+            raise ValueError(f"adaptation.fine_tune_lr must be > 0, got {self.fine_tune_lr!r}")
         if self.history_length >= self.episode_steps:
             raise ValueError(
                 f"adaptation.history_length ({self.history_length}) must be shorter than "
@@ -80,7 +131,8 @@ class AdaptationConfig:
 
 @dataclasses.dataclass
 class AdaptationResult:
-    """Scores are mean evaluation returns in percent of the maximum (return / 10 for 1000-step episodes)."""
+    """Scores are mean evaluation returns in percent of the maximum (return / 10 for 1000-step episodes).
+    `metrics` maps a name (`losses/qf_loss`, `charts/score`, ...) to its (real step, value) points."""
 
     target: ScenarioSpec
     use_model: bool
@@ -90,15 +142,37 @@ class AdaptationResult:
     imagined: int
     seconds: float
     agent: SAC
+    metrics: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
+        share = [value for _, value in self.metrics.get("charts/imagined_share", [])]
         return {
             "target": str(self.target),
             "method": "mrcom" if self.use_model else "sac",
             "score": self.score,
+            "real_steps": self.eval_steps[-1] if self.eval_steps else 0,
             "imagined_transitions": self.imagined,
+            "imagined_share": float(np.mean(share)) if share else 0.0,
             "seconds": round(self.seconds, 1),
         }
+
+
+class MetricLog:
+    """Per-step values averaged between log points: `history[name] = [(real step, mean), ...]`."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[float]] = collections.defaultdict(list)
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.pending[name].append(float(value))
+
+    def log(self, step: int, values: dict[str, float] | None = None) -> None:
+        self.add(values or {})
+        for name, pending in self.pending.items():
+            self.history.setdefault(name, []).append((step, float(np.mean(pending))))
+        self.pending.clear()
 
 
 def score_of(returns: list[float], episode_steps: int) -> float:
@@ -106,28 +180,84 @@ def score_of(returns: list[float], episode_steps: int) -> float:
     return 100.0 * float(np.mean(returns)) / episode_steps
 
 
-def _mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, ratio: float, rng, device) -> dict:
+def _mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, ratio: float, rng, device) -> tuple[dict, float]:
+    """A SAC batch and its imagined share; with an empty pool exactly plain SAC's draw."""
     if len(model) == 0:
-        return real.sample(batch_size, rng, device=device)
+        return real.sample(batch_size, rng, device=device), 0.0
     n_real = max(1, math.ceil(ratio * batch_size))
     a = real.sample(n_real, rng, device=device)
     b = model.sample(batch_size - n_real, rng, device=device)
-    return {key: torch.cat([a[key], b[key]]) for key in a}
+    return {key: torch.cat([a[key], b[key]]) for key in a}, (batch_size - n_real) / batch_size
 
 
-def _fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: int, optimizer, rng, device) -> None:
-    module.train()
+def _fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: int, optimizer, rng, device) -> float | None:
+    """`fine_tune_steps` steps of the world model's own loss (Eq. 16) on the target's real windows;
+    the mean total loss, or None while the history has no window."""
     prompt_length = module.world_model.config.context_length
-    for _ in range(config.fine_tune_steps):
-        batch = history.batch(16, config.history_length, prompt_length, rng, domain, max(module.obs_dims),
-                              max(module.act_dims), device)
+    losses = []
+    module.train()
+    for step in range(config.fine_tune_steps):
+        batch = history.batch(config.fine_tune_batch, config.history_length, prompt_length, rng, domain,
+                              max(module.obs_dims), max(module.act_dims), device)
         if batch is None:
-            return
+            break
         terms, _ = module.losses(batch)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), FINE_TUNE_CLIP)
         optimizer.step()
+        module.on_train_batch_end(None, batch, step)
+        losses.append(terms["total"].item())
     module.eval()
+    return float(np.mean(losses)) if losses else None
+
+
+def _trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device) -> tuple[int, dict]:
+    """The safeguard: how many imagined steps the model may contribute now, and its errors.
+
+    Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
+    seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
+    trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
+    both the observation and the reward error. 0 while no such window exists."""
+    batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
+                          module.world_model.config.context_length, rng, domain, max(module.obs_dims),
+                          max(module.act_dims), device, newest=config.rollout_every)
+    if batch is None:
+        return (0 if config.safeguard else config.horizon), {}
+    errors = open_loop_errors(module.world_model, batch, config.horizon)
+    beats = (errors["model_obs"] < errors["naive_obs"]) & (errors["model_reward"] < errors["naive_reward"])
+    trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
+    return trusted, {
+        "charts/model_one_step_error": errors["model_obs"][0].item(),
+        "charts/naive_one_step_error": errors["naive_obs"][0].item(),
+        "charts/model_one_step_reward_error": errors["model_reward"][0].item(),
+        "charts/naive_one_step_reward_error": errors["naive_reward"][0].item(),
+        "charts/model_horizon_error": errors["model_obs"][-1].item(),
+        "charts/naive_horizon_error": errors["naive_obs"][-1].item(),
+        "charts/trusted_horizon": trusted,
+    }
+
+
+def _imagined(rollouts: dict[str, torch.Tensor], config: AdaptationConfig, horizon: int) -> dict[str, np.ndarray]:
+    """The transitions of `imagine` that enter the pool, after truncation or penalty."""
+    disagreement = rollouts["disagreement"]
+    keep = torch.ones_like(disagreement, dtype=torch.bool)
+    reward = rollouts["reward"]
+    if config.uncertainty == "truncate":
+        exceeded = (disagreement > config.uncertainty_threshold).view(-1, horizon)
+        keep = (exceeded.long().cumsum(1) == 0).view(-1)  # every step before the first uncertain one
+    elif config.uncertainty == "penalty":
+        reward = reward - config.uncertainty_penalty * disagreement
+    kept = {"reward": reward} | {key: rollouts[key] for key in ("obs", "action", "next_obs", "done")}
+    return {key: value[keep].cpu().numpy() for key, value in kept.items()}
+
+
+@contextlib.contextmanager
+def _own_torch_rng(seed: int, device: torch.device):
+    """The world model's sampling (rollouts, fine-tuning) from `seed`, leaving the caller's RNG as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def adapt(
@@ -140,13 +270,23 @@ def adapt(
     device: str | torch.device = "cpu",
 ) -> AdaptationResult:
     """Learns a policy for `target` with SAC on real transitions and, with `use_model`, on rollouts of
-    `module`'s world model (a trained `MrCoM`). Returns the final score and the evaluation curve.
-    With `config.fine_tune`, `module` itself is trained: pass a copy to keep the original."""
+    `module`'s world model (a trained `MrCoM`). Returns the final score, the evaluation curve and the
+    logged metrics. With `config.fine_tune`, `module` itself is trained: pass a copy to keep the original.
+
+    The agent's own draws (environment, replay, actions) do not depend on the model: when the
+    safeguard trusts the model nowhere, the run is plain SAC's with the same seed, step for step."""
+    device = torch.device(device)
+    with _own_torch_rng(derive_seed(seed, "world model"), device):
+        return _adapt(target, config, module, use_model, seed, progress, device)
+
+
+def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int, progress: bool, device) -> AdaptationResult:
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
+    model_rng = np.random.default_rng(derive_seed(seed, "model windows"))
     env = make_env(target, seed=seed, episode_steps=config.episode_steps)
     obs_dim, act_dim = env.obs_dim, env.act_dim
-    domain_id = None
+    domain_id, optimizer = None, None
     if use_model:
         if module is None:
             raise ValueError("adaptation with the world model needs a trained model (module=None)")
@@ -160,16 +300,19 @@ def adapt(
                 f"{target.domain} (is its obs_fn the one the model was trained with?)"
             )
         module.to(device).eval()
-        optimizer = torch.optim.AdamW(module.parameters(), lr=config.fine_tune_lr) if config.fine_tune else None
+        if config.fine_tune:
+            optimizer = torch.optim.AdamW(module.parameters(), lr=config.fine_tune_lr)
 
     agent = SAC(obs_dim, act_dim, config.sac, seed=seed, device=device)
     real = ReplayBuffer(obs_dim, act_dim, config.env_steps)
-    pool_size = config.rollout_batch * config.horizon * config.model_pool_rounds
+    pool_size = config.rollout_batch * config.rollout_samples * config.horizon * config.model_pool_rounds
     model_pool = ReplayBuffer(obs_dim, act_dim, pool_size)
     history = RealHistory(obs_dim, act_dim)
+    # Imagination acts with its own generator, so that the agent's draws do not depend on it.
+    imagination_generator = torch.Generator(device).manual_seed(derive_seed(seed, "imagination policy"))
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        action, _ = agent.actor(obs, generator=agent.generator)
+        action, _ = agent.actor(obs, generator=imagination_generator)
         return action
 
     def evaluation_env(index: int):
@@ -177,6 +320,7 @@ def adapt(
 
     obs = env.reset()
     history.start(obs)
+    log = MetricLog()
     imagined, eval_steps, eval_scores = 0, [], []
     bar = tqdm(total=config.env_steps, desc=f"adapt {'mrcom' if use_model else 'sac'} {target.domain}",
                unit="step", disable=not progress, dynamic_ncols=True)
@@ -192,23 +336,43 @@ def adapt(
 
         learning = step > config.warmup_steps
         if use_model and learning and (step - config.warmup_steps - 1) % config.rollout_every == 0:
+            trusted, errors = _trusted_horizon(module, history, config, domain_id, model_rng, device)
+            log.add(errors)
             if optimizer is not None:
-                _fine_tune(module, history, config, domain_id, optimizer, rng, device)
-            batch = history.batch(config.rollout_batch, config.history_length, module.world_model.config.context_length,
-                                  rng, domain_id, max(module.obs_dims), max(module.act_dims), device)
-            if batch is not None:
-                rollouts = imagine(module.world_model, batch, policy, config.horizon, obs_dim, act_dim)
-                model_pool.add(*(rollouts[k].cpu().numpy() for k in ("obs", "action", "reward", "next_obs", "done")))
-                imagined += len(rollouts["reward"])
+                loss = _fine_tune(module, history, config, domain_id, optimizer, model_rng, device)
+                if loss is not None:
+                    log.add({"losses/model_fine_tune": loss})
+            if trusted == 0:
+                model_pool = ReplayBuffer(obs_dim, act_dim, pool_size)  # nothing the model says is trusted now
+            else:
+                batch = history.batch(config.rollout_batch, config.history_length,
+                                      module.world_model.config.context_length, model_rng, domain_id,
+                                      max(module.obs_dims), max(module.act_dims), device)
+                if batch is not None:
+                    rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim,
+                                       config.rollout_samples)
+                    kept = _imagined(rollouts, config, trusted)
+                    model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
+                    imagined += len(kept["reward"])
+                    log.add({"charts/disagreement": rollouts["disagreement"].mean().item(),
+                             "charts/kept_fraction": len(kept["reward"]) / len(rollouts["reward"])})
+            log.add({"charts/model_pool": len(model_pool)})
         if learning and len(real) >= 1:
             for _ in range(config.updates_per_step):
-                agent.update(_mixed(real, model_pool, config.sac.batch_size, config.real_ratio if use_model else 1.0, rng, device))
-        if (config.eval_every and step % config.eval_every == 0) or step == config.env_steps:
+                batch, share = _mixed(real, model_pool, config.sac.batch_size, config.real_ratio if use_model else 1.0,
+                                      rng, device)
+                log.add({SAC_METRICS[key]: value for key, value in agent.update(batch).items() if key in SAC_METRICS})
+                log.add({"charts/imagined_share": share})
+        evaluating = (config.eval_every and step % config.eval_every == 0) or step == config.env_steps
+        if evaluating:
             returns = evaluate(agent, evaluation_env, config.eval_episodes)
             eval_steps.append(step)
             eval_scores.append(score_of(returns, config.episode_steps))
             bar.set_postfix(score=f"{eval_scores[-1]:.1f}", refresh=False)
+            log.log(step, {"charts/score": eval_scores[-1]})
+        elif step % config.rollout_every == 0:
+            log.log(step)
         bar.update(1)
     bar.close()
     return AdaptationResult(target, use_model, eval_scores[-1], eval_steps, eval_scores, imagined,
-                            time.perf_counter() - start_time, agent)
+                            time.perf_counter() - start_time, agent, log.history)
