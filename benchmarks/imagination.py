@@ -62,6 +62,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from common import train_world_model  # noqa: E402  (benchmarks/common.py)
@@ -119,8 +120,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def dataset_config(args: argparse.Namespace, root: str) -> DatasetConfig:
-    if args.data == "main":  # the main job's dataset: its scenario set, the shipped behaviour agents
-        return dataclasses.replace(dataset_settings(MAIN_CONFIG), root=root)
+    if args.data == "main":  # the main job's dataset, settings and all: `mrcom fit` reuses it
+        sac = yaml.safe_load(MAIN_CONFIG.read_text())["data"]["dataset"].get("sac", {})
+        return dataclasses.replace(dataset_settings(MAIN_CONFIG), root=root, sac=SACConfig(**sac))
     scenarios = MetaScenarioSet(
         domains=DOMAINS, num_train=args.train_scenarios, num_val=0,
         num_test_id=args.test_scenarios, num_test_ood=args.test_scenarios,
