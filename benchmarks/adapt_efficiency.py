@@ -140,7 +140,7 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM
     torch.manual_seed(0)
     module = MrCoM(world_model=REDUCED, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
     if path.exists():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)  # plain settings and tensors: nothing to unpickle
         if saved["key"] == key:
             module.load_state_dict(saved["state_dict"])
             return module.eval(), f"loaded from {path}"
