@@ -22,8 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrcom_lightning.agents import SACConfig
-from mrcom_lightning.data.collect import DatasetConfig, collect, dataset_scores, format_scores, is_complete
-from mrcom_lightning.scenarios import DOMAINS, SPLITS, MetaScenarioSet, ScenarioSpec, observed_dim
+from mrcom_lightning.data.collect import (
+    DatasetConfig,
+    check_manifest,
+    collect,
+    dataset_scores,
+    format_scores,
+    is_complete,
+)
+from mrcom_lightning.scenarios import DOMAINS, SPLITS, TEST_SPLITS, MetaScenarioSet, ScenarioSpec, observed_dim
 
 from mrcom_lightning.datamodules.streams import ResumableDataLoader, SplitEpisodes, TrainStream, WindowSet, init_worker
 
@@ -35,7 +42,7 @@ Behaviour = Literal["expert", "medium", "mix", "random"]
 _STAGE_SPLITS = {
     "fit": ("train", "val"),
     "validate": ("val",),
-    "test": ("test_id", "test_ood"),
+    "test": TEST_SPLITS,
     "predict": ("test_id",),
 }
 
@@ -115,7 +122,9 @@ class MultiScenarioDataModule(L.LightningDataModule):
     # --- Lightning hooks -----------------------------------------------------------------
     def prepare_data(self) -> None:
         dataset = self.hparams.dataset
-        if not is_complete(dataset.root):
+        if is_complete(dataset.root):
+            check_manifest(dataset)  # refuses a dataset collected with other settings, naming them
+        else:
             collect(dataset, workers=self.hparams.collect_workers)
             if is_complete(dataset.root):
                 print(format_scores(dataset_scores(dataset.root)))  # what the data is, at a glance
@@ -175,8 +184,15 @@ class MultiScenarioDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
 
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        """The test splits, one dataloader each in this order: `test_id`, `test_ood`, and the
+        single-kind OOD splits the scenario set draws (`num_test_ood_dynamics`, `..._objective`)."""
+        scenarios = self.hparams.dataset.scenarios
+        return tuple(s for s in TEST_SPLITS if s in ("test_id", "test_ood") or getattr(scenarios, f"num_{s}") > 0)
+
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader("test_id"), self._eval_loader("test_ood")]
+        return [self._eval_loader(split) for split in self.test_splits]
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test_id")

@@ -1,7 +1,7 @@
 """`mrcom`: one command for the whole workflow.
 
 `fit`, `validate`, `test` and `predict` are the LightningCLI of the world model; `collect`,
-`adapt`, `compare` and `sweep` are tools with jsonargparse command lines of their own. Each is
+`adapt`, `compare`, `sweep` and `study` are tools with jsonargparse command lines of their own. Each is
 imported only when asked for, so `mrcom collect` (and the processes it spawns) never pay for
 importing Lightning.
 """
@@ -18,8 +18,9 @@ TOOLS = {
     "adapt": ("mrcom_lightning.adaptation.cli", "adapt_main"),
     "compare": ("mrcom_lightning.compare", "compare_main"),
     "sweep": ("mrcom_lightning.sweep", "sweep_main"),
+    "study": ("mrcom_lightning.study", "study_main"),
 }
-USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep} [options]
+USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep,study} [options]
 
   fit        train the world model (collects the dataset if it is missing)
   validate   validation metrics of a checkpoint
@@ -29,6 +30,7 @@ USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep} 
   adapt      adapt a trained world model to target scenarios, against plain SAC
   compare    MLflow runs as the paper's tables and plots
   sweep      a grid of config variants x seeds, fitted and tested
+  study      the generalisation study: every variant x seed on one dataset, ID and OOD-kind tables
 
 `mrcom SUBCOMMAND --help` lists every option. A `--config` file is read from the working
 directory if it is there, else from the configs shipped with the package (`configs/quick.yaml`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import warnings
 from pathlib import Path
@@ -19,10 +20,12 @@ from mrcom_lightning.checkpoints import (
     load_checkpoint,
     load_error,
 )
+from mrcom_lightning.data.episodes import atomic_write
 from mrcom_lightning.module import MrCoM
 from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI
 
 EVAL_COMMANDS = ("validate", "test", "predict")
+TEST_METRICS = "test_metrics.json"
 CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", "accelerator")
 # `--ckpt_path` values Lightning resolves itself (to a file it then loads inside `allow_project_globals`).
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
@@ -146,6 +149,16 @@ class MrCoMCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._fix_checkpoint_dirs()
+
+    def after_test(self) -> None:
+        """Writes the test metrics to `<default_root_dir>/test_metrics.json` (what a study reads)."""
+        if not self.trainer.is_global_zero:
+            return
+        path = Path(self.trainer.default_root_dir) / TEST_METRICS
+        metrics = {name: float(value) for name, value in sorted(self.trainer.callback_metrics.items())}
+        payload = json.dumps(metrics, indent=1).encode()
+        atomic_write(path, lambda f: f.write(payload))
+        print(f"test metrics: {path}")
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:

@@ -40,7 +40,8 @@ class PredictionMetrics(nn.Module):
     against r_t; `open_loop_mse` / `open_loop_reward_mse`: observations and rewards imagined h
     steps ahead (h = 1..H) after a burn-in, with the context rolling forward; `naive_…`: the
     same errors of repeating the last real observation and reward. `compute` reports the
-    stepwise ones as their mean over h, and `curves` as [H] per step.
+    stepwise ones as their mean over h, their h = 1 value as `one_step_…` (`one_step_mse`,
+    `naive_one_step_reward_mse`, ...), and `curves` as [H] per step.
     """
 
     def __init__(self, domains: list[str], horizon: int):
@@ -76,6 +77,8 @@ class PredictionMetrics(nn.Module):
                     continue
                 if value.dim():
                     curves[key] = value
+                    # h = 1 of the open-loop curve: the one-step prediction from the prior.
+                    scalars[f"{prefix}/{key.replace('open_loop', 'one_step')}"] = value[0]
                     value = value.mean()
                 scalars[f"{prefix}/{key}"] = value
         return scalars, curves

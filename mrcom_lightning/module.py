@@ -21,8 +21,8 @@ from mrcom_lightning.models import (
     WorldModelLoss,
 )
 from mrcom_lightning.reports import plot_imagination, write_horizon_table
+from mrcom_lightning.scenarios import TEST_SPLITS
 
-TEST_SPLITS = ("test_id", "test_ood")
 
 
 class MrCoM(L.LightningModule):
@@ -231,7 +231,7 @@ class MrCoM(L.LightningModule):
         self.log_dict(metrics, sync_dist=True, **kwargs)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        split = TEST_SPLITS[dataloader_idx]
+        split = getattr(self.trainer.datamodule, "test_splits", TEST_SPLITS)[dataloader_idx]
         loss = self._evaluate(batch, split)
         self.log(f"{split}/loss", loss, sync_dist=True, add_dataloader_idx=False, batch_size=batch["obs"].shape[0])
         batches = self.trainer.num_test_batches

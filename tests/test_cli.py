@@ -342,3 +342,20 @@ def test_print_config(name, tmp_path, monkeypatch, capsys):
     overlay = yaml.safe_load((ROOT / name).read_text())
     assert printed["trainer"]["default_root_dir"] == overlay["trainer"]["default_root_dir"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("table", ["table1", "table2", "table4_{}_hopper", "table4_{}_walker", "table4_{}_cheetah"])
+def test_paper_range_configs_name_their_setting_and_widen_from_ab_to_cd(table):
+    """Each of the paper's train/evaluate range pairs is a config whose header names its table and
+    settings; (c)/(d) train on a range that contains (a)/(b)'s (the paper: "as the range expands")."""
+    names = {s: ("configs/paper/" + (table.format(s) if "{}" in table else f"{table}_{s}") + ".yaml") for s in ("ab", "cd")}
+    number = table.removeprefix("table")[0]
+    ranges = {}
+    for setting, name in names.items():
+        text = (ROOT / name).read_text()
+        a, b = setting
+        assert f"Table {number}, settings ({a}) and ({b})" in text, name
+        scenarios = yaml.safe_load(text)["data"]["dataset"]["scenarios"]
+        ranges[setting] = (scenarios["alpha"], scenarios["beta"])
+    (alpha_ab, beta_ab), (alpha_cd, beta_cd) = ranges["ab"], ranges["cd"]
+    assert alpha_cd > alpha_ab and beta_cd[0] <= beta_ab[0] <= beta_ab[1] <= beta_cd[1]

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,13 @@ from mrcom_lightning.agents import SACConfig
 from mrcom_lightning.data import EpisodeStore
 from mrcom_lightning.data import collect as collect_module
 from mrcom_lightning.data.cli import collect_main
-from mrcom_lightning.data.collect import MANIFEST, DatasetConfig, collect, episode_seed, is_complete
+from mrcom_lightning.data.collect import MANIFEST, DatasetConfig, check_manifest, collect, episode_seed, is_complete
 from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, get_domain
 
-SCENARIOS = MetaScenarioSet(domains=("hopper", "cheetah"), num_train=2, num_val=1, num_test_id=1, num_test_ood=1)
+SCENARIOS = MetaScenarioSet(
+    domains=("hopper", "cheetah"), num_train=2, num_val=1, num_test_id=1, num_test_ood=1,
+    num_test_ood_dynamics=1, num_test_ood_objective=1,
+)
 
 
 def small_config(root, **changes) -> DatasetConfig:
@@ -87,7 +91,7 @@ def test_random_collection_writes_every_split(reference):
                 assert (episode.spec, episode.policy) == (spec, "random")
                 assert episode.seed == episode_seed(reference.seed, spec, "random", info.index)
             total += len(infos)
-    assert total == 2 * (2 * 3 + 3 * 2) == len(store.index())
+    assert total == 2 * (2 * 3 + 5 * 2) == len(store.index())
     assert store.specs().keys() == {spec.id for split in SPLITS for spec in SCENARIOS.draw(split)}
     manifest = json.loads((Path(reference.root) / MANIFEST).read_text())
     assert manifest.keys() == {"config", "complete", "scores"}
@@ -109,6 +113,7 @@ def test_the_scores_of_the_episodes_written_are_recorded_and_printed(reference, 
     collect_main(["--dataset.root", reference.root, "--dataset.scenarios.domains", '["hopper", "cheetah"]',
                   "--dataset.scenarios.num_train", "2", "--dataset.scenarios.num_val", "1",
                   "--dataset.scenarios.num_test_id", "1", "--dataset.scenarios.num_test_ood", "1",
+                  "--dataset.scenarios.num_test_ood_dynamics", "1", "--dataset.scenarios.num_test_ood_objective", "1",
                   "--dataset.episodes_per_scenario", "3", "--dataset.episode_steps", "30", "--progress", "false"])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("split"))
@@ -160,6 +165,21 @@ def test_other_settings_on_an_existing_root_are_refused(reference):
         collect(changed, progress=False)
     assert str(reference.root) in str(err.value)
     assert is_complete(reference.root)
+
+
+def test_a_dataset_written_before_a_setting_existed_counts_it_as_its_default(reference, tmp_path):
+    """Settings added later (here the single-kind OOD splits) take their defaults in an older
+    manifest, so older datasets stay usable; asking for more than the default is refused."""
+    manifest = json.loads((Path(reference.root) / "dataset.json").read_text())
+    older = tmp_path / "older"
+    shutil.copytree(reference.root, older)
+    for key in ("num_test_ood_dynamics", "num_test_ood_objective"):
+        del manifest["config"]["scenarios"][key]
+    (older / "dataset.json").write_text(json.dumps(manifest))
+    plain = dataclasses.replace(SCENARIOS, num_test_ood_dynamics=0, num_test_ood_objective=0)
+    check_manifest(dataclasses.replace(reference, root=str(older), scenarios=plain))
+    with pytest.raises(ValueError, match="scenarios differ"):
+        check_manifest(dataclasses.replace(reference, root=str(older)))
 
 
 def collect_command(*args: str) -> list[str]:

@@ -263,6 +263,15 @@ def test_prepare_data_collects_only_when_incomplete(dataset, monkeypatch, tmp_pa
     assert calls == [missing]
 
 
+def test_prepare_data_refuses_a_complete_dataset_of_other_settings(dataset, tmp_path):
+    moved = DatasetConfig(**{**vars(dataset), "root": str(tmp_path / "moved")})
+    shutil.copytree(dataset.root, moved.root)
+    make(moved).prepare_data()  # where it lies is not a setting
+    other = DatasetConfig(**{**vars(moved), "episode_steps": STEPS + 1})
+    with pytest.raises(ValueError, match="episode_steps differ"):
+        make(other).prepare_data()
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [

@@ -282,3 +282,33 @@ def test_symlog_observations_need_no_statistics():
     normalized = wm.normalize_obs(batch["obs"], batch["domain"])
     assert torch.allclose(normalized, torch.sign(batch["obs"]) * torch.log1p(batch["obs"].abs()))
     assert torch.allclose(wm.denormalize_obs(normalized, batch["domain"]), batch["obs"], atol=1e-5)
+
+
+@pytest.mark.parametrize("scale, low, high", [("symlog", -20.0, 20.0), ("linear", 0.0, 1.0)])
+def test_two_hot_bins_encode_and_decode_rewards(scale, low, high):
+    from mrcom_lightning.models.layers import TwoHot
+
+    twohot = TwoHot(11, low, high, symlog=scale == "symlog")
+    rewards = torch.tensor([0.0, 0.05, 0.37, 0.999, 1.0])
+    target = twohot.encode(rewards)
+    assert torch.allclose(target.sum(-1), torch.ones(5)) and (target > 0).sum(-1).max() <= 2
+    # The target's expectation is the reward itself when the bins are linear in its units.
+    decoded = (target * twohot.bins).sum(-1)
+    expected = rewards if scale == "linear" else torch.sign(rewards) * torch.log1p(rewards.abs())
+    assert torch.allclose(decoded, expected, atol=1e-6)
+    assert torch.allclose(twohot.mean(torch.log(target + 1e-30)), rewards, atol=1e-5)
+    # Linear bins on [0, 1] clamp what lies outside; symlog bins of ±20 cover it.
+    if scale == "linear":
+        assert torch.allclose(twohot.mean(torch.log(twohot.encode(torch.tensor([1.5, -0.5])) + 1e-30)), torch.tensor([1.0, 0.0]))
+
+
+def test_reward_bin_settings_reach_the_head_and_bad_ranges_are_refused():
+    config = WorldModelConfig(embed_dim=16, hidden_dim=16, stochastic_dim=4, deterministic_dim=8, auxiliary_dim=4,
+                              context_length=4, reward_bins=21, reward_bin_range=(0.0, 1.0), reward_bin_scale="linear")  # fmt: skip
+    module = MrCoM(world_model=config, domain_dims=TINY_DIMS, num_scenarios=3)
+    twohot = module.world_model.twohot
+    assert not twohot.symlog and twohot.bins[0] == 0 and twohot.bins[-1] == 1 and len(twohot.bins) == 21
+    terms, _ = module.losses(synthetic_batch(TINY_DIMS, batch=2, steps=6, prompt=4))
+    assert torch.isfinite(terms["total"])
+    with pytest.raises(ValueError, match="reward_bin_range.*low < high"):
+        WorldModelConfig(reward_bin_range=(1.0, 0.0))

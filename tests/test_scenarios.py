@@ -262,6 +262,9 @@ def test_different_seed_different_scenarios():
         (lambda: MetaScenarioSet(alpha=-0.1), r"alpha.*-0\.1"),
         (lambda: MetaScenarioSet(beta=(0.7, 0.3)), r"beta.*0\.7.*0\.3"),
         (lambda: MetaScenarioSet(beta=(-0.1, 0.5)), r"beta.*-0\.1"),
+        (lambda: MetaScenarioSet(num_test_ood_dynamics=-1), r"num_test_ood_dynamics.*-1"),
+        (lambda: MetaScenarioSet(alpha=None, num_test_ood_dynamics=1), r"num_test_ood_dynamics.*alpha"),
+        (lambda: MetaScenarioSet(beta=(0.5, 0.5), num_test_ood_objective=1), r"num_test_ood_objective.*beta"),
     ],
 )
 def test_bad_inputs_raise_value_error(build, match):
@@ -319,3 +322,19 @@ def test_ood_kinds_name_which_range_a_scenario_leaves():
     assert {fixed_objective.ood_kind(s) for s in fixed_objective.test_ood} == {"dynamics"}
     fixed_dynamics = MetaScenarioSet(alpha=None, beta=(0.3, 0.7))
     assert {fixed_dynamics.ood_kind(s) for s in fixed_dynamics.test_ood} == {"objective"}
+
+
+def test_single_kind_ood_splits_leave_one_range_each_and_change_no_other_draw():
+    plain = MetaScenarioSet(alpha=0.2, beta=(0.3, 0.7))
+    meta = dataclasses.replace(plain, num_test_ood_dynamics=3, num_test_ood_objective=3)
+    for split in ("train", "val", "test_id", "test_ood"):  # the new splits draw from streams of their own
+        assert meta.draw(split) == plain.draw(split), split
+    assert plain.draw("test_ood_dynamics") == [] and plain.draw("test_ood_objective") == []
+    dynamics, objective = meta.draw("test_ood_dynamics"), meta.draw("test_ood_objective")
+    assert len(dynamics) == len(objective) == 3 * len(meta.domains)
+    assert {meta.ood_kind(s) for s in dynamics} == {"dynamics"}
+    assert {meta.ood_kind(s) for s in objective} == {"objective"}
+    # Both torso scales leave [0.8, 1.2] in the dynamics split; the speeds stay in [0.3, 0.7].
+    assert all(abs(s.length_scale - 1) > 0.2 and abs(s.size_scale - 1) > 0.2 for s in dynamics)
+    assert all(0.3 <= s.target_speed <= 0.7 for s in dynamics)
+    assert all(0.8 <= s.length_scale <= 1.2 and not 0.3 <= s.target_speed <= 0.7 for s in objective)

@@ -123,11 +123,15 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _check_manifest(config: DatasetConfig) -> None:
+def check_manifest(config: DatasetConfig) -> None:
+    """Refuses a dataset at `config.root` collected with other settings (naming them); starts the
+    manifest of a new one. Where the dataset lies (`root`) is not a setting: a moved one is fine."""
     path = Path(config.root) / MANIFEST
-    wanted = config.to_dict()
+    wanted = config.to_dict() | {"root": None}
     if path.exists():
         found = json.loads(path.read_text()).get("config")
+        if found is not None:  # settings added since the dataset was written count as their defaults
+            found = _with_defaults(found, DatasetConfig().to_dict()) | {"root": None}
         if found != wanted:
             changed = sorted(k for k in wanted if found is None or found.get(k) != wanted[k])
             raise ValueError(
@@ -136,6 +140,17 @@ def _check_manifest(config: DatasetConfig) -> None:
             )
         return
     _write_manifest(config, complete=False)
+
+
+def _with_defaults(found: dict, defaults: dict) -> dict:
+    """`found` with the keys it lacks taken from `defaults`, nested dicts included."""
+    merged = dict(found)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
 
 
 def _write_manifest(config: DatasetConfig, complete: bool, scores: dict | None = None) -> None:
@@ -169,13 +184,14 @@ def policy_scores(config: DatasetConfig) -> dict[str, dict[str, dict[str, float]
 def format_scores(scores: dict[str, dict[str, dict[str, float]]]) -> str:
     """The scores as a table: one row per split and policy, one column per domain."""
     domains = sorted({d for split in scores.values() for policy in split.values() for d in policy})
+    width = max([len("split")] + [len(split) for split in scores]) + 2
     lines = [
         "behaviour scores (100 x episode return / steps, mean per domain)",
-        f"{'split':<9}{'policy':<8}" + "".join(f"{d:>9}" for d in domains),
+        f"{'split':<{width}}{'policy':<8}" + "".join(f"{d:>9}" for d in domains),
     ]
     for split, policies in scores.items():
         for policy, values in policies.items():
-            lines.append(f"{split:<9}{policy:<8}" + "".join(f"{values.get(d, float('nan')):>9.1f}" for d in domains))
+            lines.append(f"{split:<{width}}{policy:<8}" + "".join(f"{values.get(d, float('nan')):>9.1f}" for d in domains))
     return "\n".join(lines)
 
 
@@ -244,7 +260,7 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
     if config.behaviour == "sac" and not config.train_agents:
         for domain in config.scenarios.domains:  # refuse before anything is written
             shipped_summary(config, domain)
-    _check_manifest(config)
+    check_manifest(config)
     store = EpisodeStore(config.root)
     store.clean()
     agents = {}

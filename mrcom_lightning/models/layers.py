@@ -47,14 +47,16 @@ class GaussianHead(nn.Module):
 
 
 class TwoHot(nn.Module):
-    """Two-hot encoding over symlog-spaced bins, DreamerV3's reward head target."""
+    """Two-hot encoding over bins evenly spaced in symlog space (DreamerV3's reward head target)
+    or, with `symlog=False`, in the value's own units; values outside [low, high] are clamped."""
 
-    def __init__(self, bins: int = 255, low: float = -20.0, high: float = 20.0):
+    def __init__(self, bins: int = 255, low: float = -20.0, high: float = 20.0, symlog: bool = True):
         super().__init__()
         self.register_buffer("bins", torch.linspace(low, high, bins))
+        self.symlog = symlog
 
     def encode(self, value: torch.Tensor) -> torch.Tensor:
-        x = symlog(value).clamp(self.bins[0], self.bins[-1])
+        x = (symlog(value) if self.symlog else value).clamp(self.bins[0], self.bins[-1])
         above = torch.searchsorted(self.bins, x.contiguous(), right=False).clamp(1, len(self.bins) - 1)
         below = above - 1
         lo, hi = self.bins[below], self.bins[above]
@@ -65,7 +67,8 @@ class TwoHot(nn.Module):
         return target
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        return symexp((logits.softmax(-1) * self.bins).sum(-1))
+        mean = (logits.softmax(-1) * self.bins).sum(-1)
+        return symexp(mean) if self.symlog else mean
 
     def nll(self, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return -(self.encode(value) * logits.log_softmax(-1)).sum(-1)

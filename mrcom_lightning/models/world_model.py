@@ -32,6 +32,10 @@ class WorldModelConfig:
         heads: attention heads. The paper says 3, which does not divide 128: 4 here.
         layers: transformer layers.
         reward_bins: two-hot bins of the reward head (DreamerV3).
+        reward_bin_range: (low, high) of the reward bins, evenly spaced in the `reward_bin_scale`
+            space: DreamerV3's (-20, 20) in symlog space covers any reward scale, spending ~5
+            bins on dm_control's [0, 1] rewards; `linear` with (0, 1) puts every bin there.
+        reward_bin_scale: `symlog` (DreamerV3's) or `linear` (bins in the reward's own units).
         discount: γ of the scenario values (Eq. 14).
         obs_normalization: how observations enter the tokenizers and the decoder's loss:
             `symlog` (DreamerV3's, scale-free) or `standardize` (per domain and dim, by the
@@ -51,6 +55,8 @@ class WorldModelConfig:
     heads: int = 4
     layers: int = 1
     reward_bins: int = 255
+    reward_bin_range: tuple[float, float] = (-20.0, 20.0)
+    reward_bin_scale: Literal["symlog", "linear"] = "symlog"
     discount: float = 0.99
     obs_normalization: Literal["symlog", "standardize"] = "symlog"
 
@@ -65,6 +71,9 @@ class WorldModelConfig:
             raise ValueError(
                 f"model.world_model.embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})"
             )
+        low, high = self.reward_bin_range
+        if not low < high:
+            raise ValueError(f"model.world_model.reward_bin_range must be (low, high) with low < high, got {self.reward_bin_range!r}")
         if not 0 < self.discount <= 1:
             raise ValueError(f"model.world_model.discount must be in (0, 1], got {self.discount!r}")
 
@@ -183,7 +192,7 @@ class WorldModel(nn.Module):
         )
         feature_dim = self.cell.feature_dim
         self.decoder = DomainDecoder(self.obs_dims, feature_dim, c.hidden_dim)
-        self.twohot = TwoHot(c.reward_bins)
+        self.twohot = TwoHot(c.reward_bins, *c.reward_bin_range, symlog=c.reward_bin_scale == "symlog")
         self.reward_head = mlp(feature_dim, c.reward_bins, c.hidden_dim, 3)
         nn.init.zeros_(self.reward_head[-1].weight)  # DreamerV3: start predicting zero reward
         self.scenario_values = (

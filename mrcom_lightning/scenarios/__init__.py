@@ -2,7 +2,7 @@
 
 from mrcom_lightning.scenarios.domains import DOMAINS, Domain, get_domain
 from mrcom_lightning.scenarios.env import ScenarioEnv, make_env
-from mrcom_lightning.scenarios.meta_set import SPLITS, MetaScenarioSet
+from mrcom_lightning.scenarios.meta_set import SPLITS, TEST_SPLITS, MetaScenarioSet
 from mrcom_lightning.scenarios.observation import observed_dim
 from mrcom_lightning.scenarios.spec import OBS_FNS, ScenarioSpec
 
@@ -12,6 +12,7 @@ __all__ = [
     "MetaScenarioSet",
     "OBS_FNS",
     "SPLITS",
+    "TEST_SPLITS",
     "ScenarioEnv",
     "ScenarioSpec",
     "get_domain",

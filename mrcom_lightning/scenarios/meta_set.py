@@ -11,8 +11,11 @@ from mrcom_lightning.scenarios.domains import DOMAINS
 from mrcom_lightning.seeding import generator
 from mrcom_lightning.scenarios.spec import OBS_FNS, ScenarioSpec
 
-# "val" comes last so that adding it left the other splits' draws unchanged.
-SPLITS = ("train", "test_id", "test_ood", "val")
+# New splits come last, so that adding one leaves the earlier splits' draws unchanged.
+SPLITS = ("train", "test_id", "test_ood", "val", "test_ood_dynamics", "test_ood_objective")
+TEST_SPLITS = ("test_id", "test_ood", "test_ood_dynamics", "test_ood_objective")
+# What each split draws out of the training ranges: (dynamics, objective).
+_OUT_OF_RANGE = {"test_ood": (True, True), "test_ood_dynamics": (True, False), "test_ood_objective": (False, True)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +25,10 @@ class MetaScenarioSet:
     Train, validation and in-distribution test scenarios draw torso scales from [1-α, 1+α] and target
     speeds from [β_lo, β_hi]; out-of-distribution ones draw scales from
     [1-2α, 1-α) ∪ (1+α, 1+2α] and speeds from [β_lo-w, β_lo) ∪ (β_hi, β_hi+w], w = β_hi-β_lo
-    (kept above zero). Each split draws from its own seeded stream, so adding test scenarios
-    never changes the training ones.
+    (kept above zero): `test_ood` both at once, `test_ood_dynamics` only the scales (speeds in
+    range) and `test_ood_objective` only the speed (scales in range), so that each kind of
+    extrapolation can be reported apart (`ood_kind`). Each split draws from its own seeded stream,
+    so adding test scenarios never changes the training ones.
 
     Args:
         domains: dm_control domains to draw from.
@@ -33,7 +38,9 @@ class MetaScenarioSet:
         obs_fn: observation function of every scenario.
         num_train: training scenarios per domain.
         num_test_id: in-distribution test scenarios per domain.
-        num_test_ood: out-of-distribution test scenarios per domain.
+        num_test_ood: out-of-distribution test scenarios per domain (dynamics and objective outside).
+        num_test_ood_dynamics: test scenarios per domain with only the dynamics outside the ranges.
+        num_test_ood_objective: test scenarios per domain with only the objective outside the ranges.
         num_val: validation scenarios per domain (in distribution, held out from training).
         seed: seeds every draw.
     """
@@ -46,6 +53,8 @@ class MetaScenarioSet:
     num_test_id: int = 2
     num_test_ood: int = 2
     num_val: int = 2
+    num_test_ood_dynamics: int = 0
+    num_test_ood_objective: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,9 +76,13 @@ class MetaScenarioSet:
             raise ValueError(f"scenarios.beta is an empty range: beta_hi must be >= beta_lo, got beta=({lo}, {hi})")
         if self.obs_fn not in OBS_FNS:
             raise ValueError(f"scenarios.obs_fn must be one of {list(OBS_FNS)}, got {self.obs_fn!r}")
-        for name in ("num_train", "num_test_id", "num_test_ood", "num_val"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"scenarios.{name} must be >= 0, got {getattr(self, name)!r}")
+        for split in SPLITS:
+            if getattr(self, f"num_{split}") < 0:
+                raise ValueError(f"scenarios.num_{split} must be >= 0, got {getattr(self, f'num_{split}')!r}")
+        if self.alpha is None and self.num_test_ood_dynamics > 0:
+            raise ValueError("scenarios.num_test_ood_dynamics needs a dynamics range: set scenarios.alpha (it is null)")
+        if hi == lo and self.num_test_ood_objective > 0:
+            raise ValueError(f"scenarios.num_test_ood_objective needs an objective range: beta=({lo}, {hi}) fixes it")
 
     def _rng(self, split: str, domain: str) -> np.random.Generator:
         return generator(self.seed, SPLITS.index(split), sorted(DOMAINS).index(domain))
@@ -95,11 +108,11 @@ class MetaScenarioSet:
         return float(lo - max(rng.uniform(0, width), np.nextafter(0, 1)))
 
     def draw(self, split: str) -> list[ScenarioSpec]:
-        """The scenarios of `split` (`train`, `val`, `test_id` or `test_ood`), domain by domain."""
+        """The scenarios of `split` (one of `SPLITS`), domain by domain."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         count = getattr(self, f"num_{split}")
-        ood = split == "test_ood"
+        ood_dynamics, ood_objective = _OUT_OF_RANGE.get(split, (False, False))
         specs = []
         for domain in self.domains:
             rng = self._rng(split, domain)
@@ -107,9 +120,9 @@ class MetaScenarioSet:
                 specs.append(
                     ScenarioSpec(
                         domain=domain,
-                        length_scale=self._scale(rng, ood),
-                        size_scale=self._scale(rng, ood),
-                        target_speed=self._speed(rng, ood),
+                        length_scale=self._scale(rng, ood_dynamics),
+                        size_scale=self._scale(rng, ood_dynamics),
+                        target_speed=self._speed(rng, ood_objective),
                         obs_fn=self.obs_fn,
                         seed=int(rng.integers(2**31 - 1)),
                     )

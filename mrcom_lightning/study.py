@@ -1,0 +1,169 @@
+"""`mrcom study`: does MrCoM generalise better? Every variant trained on one dataset, over seeds.
+
+MrCoM, the RSSM and CaDM-style baselines and the four ablations are each fitted with the same
+configs, budget and seeds (a `mrcom sweep` underneath: one folder per variant × seed, finished
+cells skipped on a re-run), then tested on in-distribution scenarios and on three kinds of
+out-of-distribution ones (dynamics, objective, both outside the training ranges). The report
+gives, per test split and error, a table of mean ± std over seeds per domain and overall, each
+variant's ratio to MrCoM and the p-value of Welch's t-test against it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from mrcom_lightning.compare import against_reference, markdown, welch_p_value
+from mrcom_lightning.sweep import cell_name, sweep_main
+
+REFERENCE = "mrcom"
+VARIANTS = {
+    "mrcom": "",
+    "rssm": "configs/baselines/rssm.yaml",
+    "cadm": "configs/baselines/cadm.yaml",
+    "no_context": "configs/ablations/no_context.yaml",
+    "no_deterministic": "configs/ablations/no_deterministic.yaml",
+    "no_meta_state": "configs/ablations/no_meta_state.yaml",
+    "no_meta_value": "configs/ablations/no_meta_value.yaml",
+}
+# Test splits: interpolation, then each kind of extrapolation (scenarios/meta_set.py).
+SPLITS = ("test_id", "test_ood_dynamics", "test_ood_objective", "test_ood")
+OOD_SPLITS = SPLITS[1:]
+ERRORS = ("one_step_mse", "open_loop_mse", "one_step_reward_mse", "open_loop_reward_mse")
+SIZES = {
+    "cpu": ["configs/multi.yaml", "configs/study/generalization.yaml", "configs/study/cpu.yaml"],
+    "paper": ["configs/multi.yaml", "configs/study/generalization.yaml"],
+}
+TEST_METRICS = "test_metrics.json"  # written by `mrcom test` beside the cell's checkpoints
+
+
+def study_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mrcom study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with the options below")
+    parser.add_argument(
+        "--sizes",
+        type=str,
+        default="cpu",
+        choices=list(SIZES),
+        help="cpu: reduced widths and budget (configs/study/cpu.yaml), about an hour on one core; paper: "
+        "configs/multi.yaml's sizes (GPUs)",
+    )
+    parser.add_argument("--base", type=list[str] | None, default=None, help="configs every cell starts from (replaces --sizes)")
+    parser.add_argument("--variants", type=list[str], default=list(VARIANTS), help=f"any of {list(VARIANTS)}")
+    parser.add_argument("--seeds", type=list[int], default=[0, 1, 2], help="seeds of every variant (>= 3 for the tests)")
+    parser.add_argument("--root", type=str, default="runs/study", help="folder of the cells and the report")
+    parser.add_argument("--overrides", type=list[str], default=[], help="extra `mrcom fit` arguments for every cell")
+    parser.add_argument("--report_only", type=bool, default=False, help="only write the report of the finished cells")
+    return parser
+
+
+def load_results(root: Path, variants: list[str], seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """variant -> seed -> the cell's test metrics, for the cells whose test has finished."""
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for variant in variants:
+        for seed in seeds:
+            path = root / cell_name(VARIANTS[variant], seed) / TEST_METRICS
+            if path.is_file():
+                results.setdefault(variant, {})[seed] = json.loads(path.read_text())
+    return results
+
+
+def domains_of(results: dict) -> list[str]:
+    names = {key.split("/")[1] for cells in results.values() for metrics in cells.values() for key in metrics}
+    return sorted(n for n in names if n != "loss")
+
+
+def overall(metrics: dict[str, float], split: str, error: str, domains: list[str]) -> float:
+    """The mean over domains of one cell's error (nan if a domain is missing)."""
+    return float(np.mean([metrics.get(f"{split}/{d}/{error}", np.nan) for d in domains]))
+
+
+def table_cells(results, split: str, error: str, domains: list[str]) -> dict[tuple[str, str], list[float]]:
+    """(row, variant) -> one value per seed; rows are the domains and `overall`."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for variant, seeds in results.items():
+        for metrics in seeds.values():
+            for domain in domains:
+                value = metrics.get(f"{split}/{domain}/{error}")
+                if value is not None and np.isfinite(value):
+                    cells.setdefault((domain, variant), []).append(value)
+            value = overall(metrics, split, error, domains)
+            if np.isfinite(value):
+                cells.setdefault(("overall", variant), []).append(value)
+    return cells
+
+
+def ood_open_loop(results, variant: str, domains: list[str]) -> list[float]:
+    """Per seed: the open-loop observation error averaged over domains and the three OOD kinds."""
+    return [
+        float(np.mean([overall(m, split, "open_loop_mse", domains) for split in OOD_SPLITS]))
+        for m in results.get(variant, {}).values()
+    ]
+
+
+def summary_line(results, domains: list[str]) -> str:
+    ours, rssm = ood_open_loop(results, REFERENCE, domains), ood_open_loop(results, "rssm", domains)
+    if not ours or not rssm:
+        return "mrcom_over_rssm_ood_open_loop=nan p=nan seeds=0"
+    ratio = float(np.mean(ours) / np.mean(rssm))
+    return f"mrcom_over_rssm_ood_open_loop={ratio:.3f} p={welch_p_value(ours, rssm):.3g} seeds={min(len(ours), len(rssm))}"
+
+
+def report(results, root: Path) -> str:
+    """Writes `report.md` and `report.csv` under `root`; returns the Markdown."""
+    domains = domains_of(results)
+    rows = domains + ["overall"]
+    cols = [v for v in VARIANTS if v in results]
+    reference = REFERENCE if REFERENCE in results else None
+    seeds = {v: len(s) for v, s in results.items()}
+    parts = [
+        f"Cells: {', '.join(f'{v} ({n} seeds)' for v, n in seeds.items())}. Each cell: mean ± std over seeds; "
+        f"`÷ {reference}`: ratio of means to {reference}; `p`: Welch's t-test against it. Lower is better.",
+    ]
+    records = []
+    for split in SPLITS:
+        for error in ERRORS:
+            cells = table_cells(results, split, error, domains)
+            if not cells:
+                continue
+            parts.append(f"\n### {split} · {error}\n")
+            parts.append(markdown(rows, cols, cells, 4, f"{split}/{error}", reference))
+            compared = against_reference(cells, rows, cols, reference) if reference else {}
+            for row in rows:
+                for col in cols:
+                    values = cells.get((row, col))
+                    if values:
+                        ratio, p = compared.get((row, col), (1.0 if col == reference else float("nan"), float("nan")))
+                        records.append([split, error, row, col, np.mean(values), np.std(values), len(values), ratio, p])
+    parts.append("\n" + summary_line(results, domains))
+    text = "\n".join(parts) + "\n"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "report.md").write_text(text)
+    with (root / "report.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "error", "domain", "variant", "mean", "std", "seeds", f"ratio_to_{REFERENCE}", "p_value"])
+        writer.writerows(records)
+    return text
+
+
+def study_main(argv: list[str]) -> None:
+    parser = study_parser()
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; allowed: {list(VARIANTS)}")
+    root = Path(args.root)
+    if not args.report_only:
+        base = args.base if args.base is not None else SIZES[args.sizes]
+        sweep = ["--root", str(root), "--base", json.dumps(base), "--seeds", json.dumps(args.seeds),
+                 "--variants", json.dumps([VARIANTS[v] for v in args.variants]), "--overrides", json.dumps(args.overrides)]
+        sweep_main(sweep)
+    results = load_results(root, args.variants, args.seeds)
+    if not results:
+        parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
+    print(report(results, root))
+    print(f"wrote {root / 'report.md'} and {root / 'report.csv'}")

@@ -1,0 +1,118 @@
+"""`mrcom study`: every variant × seed cell on one dataset, the report's ratio and p-value columns,
+finished cells skipped on a re-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mrcom_lightning import study
+from mrcom_lightning.cli import main
+
+DOMAINS = ("cheetah", "walker")
+
+
+def fake_metrics(variant: str, seed: int) -> dict[str, float]:
+    """Known test errors: a variant's error is its rank + 1 (+ 0.1 × seed) on every split and domain."""
+    value = list(study.VARIANTS).index(variant) + 1 + 0.1 * seed
+    return {
+        f"{split}/{domain}/{error}": value
+        for split in study.SPLITS
+        for domain in DOMAINS
+        for error in study.ERRORS
+    } | {f"{split}/loss": value for split in study.SPLITS}
+
+
+@pytest.fixture
+def fake_cells(monkeypatch):
+    """Runs no command: a cell's `test` writes the fake metrics its variant and seed would give."""
+    calls = []
+    stems = {Path(path).stem if path else "base": name for name, path in study.VARIANTS.items()}
+
+    def run(command, check):
+        calls.append(command)
+        if command[3] == "test":
+            folder = Path(command[command.index("--ckpt_path") + 1]).parent.parent
+            stem, seed = folder.name.rsplit("-seed", 1)
+            (folder / study.TEST_METRICS).parent.mkdir(parents=True, exist_ok=True)
+            (folder / study.TEST_METRICS).write_text(json.dumps(fake_metrics(stems[stem], int(seed))))
+
+    monkeypatch.setattr("mrcom_lightning.sweep.subprocess.run", run)
+    return calls
+
+
+def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_path, capsys):
+    root = tmp_path / "study"
+    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
+    assert len(fake_cells) == 2 * len(study.VARIANTS) * 3  # a fit and a test per cell
+    fits = [c for c in fake_cells if c[3] == "fit"]
+    for name, path in study.VARIANTS.items():
+        for seed in (0, 1, 2):
+            cell = root / study.cell_name(path, seed)
+            assert (cell / "done.json").is_file() and (cell / study.TEST_METRICS).is_file(), (name, seed)
+    # Every cell uses the same dataset: the same configs, only the variant's overlay and the seed differ.
+    roots = {tuple(a for a in c if a.startswith("configs/study") or a == "configs/multi.yaml") for c in fits}
+    assert roots == {("configs/multi.yaml", "configs/study/generalization.yaml", "configs/study/cpu.yaml")}
+
+    text = (root / "report.md").read_text()
+    assert text.strip() in capsys.readouterr().out
+    assert "| test_ood_dynamics/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in text
+    # rssm's errors are 2 + 0.1 seed against mrcom's 1 + 0.1 seed: ratio 2.1 / 1.1, Welch p of those samples.
+    mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.1, 2.2]
+    p = stats.ttest_ind(rssm, mrcom, equal_var=False).pvalue
+    row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.1000 ± 0.0816" in line)
+    assert f"| {2.1 / 1.1:.4f} | {p:.3g} |" in row
+    assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={1.1 / 2.1:.3f} p={p:.3g} seeds=3")
+    rows = (root / "report.csv").read_text().splitlines()
+    assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_value"
+    assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * len(study.VARIANTS)
+
+    fake_cells.clear()
+    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
+    assert fake_cells == []  # every cell is done: a re-run only reports
+
+
+def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
+    root = tmp_path / "study"
+    main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]"])
+    fake_cells.clear()
+    main(["study", "--root", str(root), "--seeds", "[0, 1]", "--report_only", "true"])
+    assert fake_cells == []
+    out = capsys.readouterr().out
+    assert "mrcom (2 seeds), cadm (2 seeds)" in out and "| cadm ÷ mrcom | p |" in out
+    assert "mrcom_over_rssm_ood_open_loop=nan" in out  # no rssm cell: no summary ratio
+
+
+def test_bad_variant_and_no_results_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--root", str(tmp_path), "--variants", "[dreamer]"])
+    assert "unknown ['dreamer']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["study", "--root", str(tmp_path), "--report_only", "true"])
+    assert "no finished cell" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
+    """Real fits and tests of two variants × two seeds on a tiny dataset, with the OOD-kind splits."""
+    monkeypatch.chdir(tmp_path)
+    overrides = ["--data.dataset.root", str(tmp_path / "data"), "--trainer.max_steps", "4",
+                 "--trainer.val_check_interval", "2", "--trainer.limit_test_batches", "2"]  # fmt: skip
+    args = ["study", "--root", "runs", "--seeds", "[0, 1]", "--variants", "[mrcom, rssm]",
+            "--base", "[configs/quick.yaml, configs/study/generalization.yaml]", "--overrides", json.dumps(overrides)]  # fmt: skip
+    main(args)
+    results = study.load_results(Path("runs"), ["mrcom", "rssm"], [0, 1])
+    assert {v: sorted(s) for v, s in results.items()} == {"mrcom": [0, 1], "rssm": [0, 1]}
+    for cells in results.values():
+        for metrics in cells.values():
+            for split in study.SPLITS:
+                for domain in ("cheetah", "hopper", "walker"):
+                    assert np.isfinite(metrics[f"{split}/{domain}/open_loop_mse"]), (split, domain)
+                    assert np.isfinite(metrics[f"{split}/{domain}/one_step_reward_mse"]), (split, domain)
+    text = Path("runs/report.md").read_text()
+    assert "### test_ood_objective · open_loop_mse" in text and "| rssm ÷ mrcom | p |" in text
+    assert "seeds=2" in text.splitlines()[-1]
