@@ -9,6 +9,7 @@ the snapshots it names into the package, where `mrcom collect` finds them. A fol
 `training.json` already reaches `--steps` is not trained again (the selection is redone).
 
     python benchmarks/train_behaviour_agents.py --domain cheetah --steps 80000 --install
+    python benchmarks/train_behaviour_agents.py --domain hopper --steps 300000 --shaping stand --install
 
 The last line is `expert_score_mean=<mean over training scenarios of the expert's score>`
 (score = 100 × return / episode steps).
@@ -25,6 +26,7 @@ import torch
 
 from mrcom_lightning.agents import SACConfig
 from mrcom_lightning.data.behaviour import SUMMARY, TRAINING_LOG, summarise, train_agent, write_json
+from mrcom_lightning.data.conditioning import SHAPINGS
 from mrcom_lightning.data.shipped import dataset_settings, referenced_files, shipped_folder
 
 
@@ -45,6 +47,10 @@ def main() -> None:
     parser.add_argument("--updates-per-step", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=5000, help="random-action steps first")
     parser.add_argument("--evaluations", type=int, default=10, help="snapshots over the run")
+    parser.add_argument(
+        "--shaping", default="none", choices=SHAPINGS,
+        help="training reward of the behaviour agent only (stand: half for standing, for hopper); data and evaluations use the task's",
+    )  # fmt: skip
     parser.add_argument("--install", action="store_true", help="copy the result into the package")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -58,9 +64,11 @@ def main() -> None:
         temperature_lr=args.lr, updates_per_step=args.updates_per_step, warmup_steps=args.warmup,
     )  # fmt: skip
     if trained_steps(folder) < args.steps:
-        train_agent(specs, args.steps, sac, config.seed, config.episode_steps, folder, args.evaluations, not args.no_progress)
+        train_agent(specs, args.steps, sac, config.seed, config.episode_steps, folder, args.evaluations,
+                    not args.no_progress, shaping=args.shaping)  # fmt: skip
     log = json.loads((folder / TRAINING_LOG).read_text())
     summary = summarise(config, args.domain, folder, sac, args.steps, log[-1]["seconds"], source="trained")
+    summary["shaping"] = args.shaping
     write_json(folder / SUMMARY, summary)
 
     print("evaluations (step, mean return over training scenarios, seconds):")

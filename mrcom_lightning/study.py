@@ -5,7 +5,8 @@ configs, budget and seeds (a `mrcom sweep` underneath: one folder per variant ×
 cells skipped on a re-run), then tested on in-distribution scenarios and on three kinds of
 out-of-distribution ones (dynamics, objective, both outside the training ranges). The report
 gives, per test split and error, a table of mean ± std over seeds per domain and overall, each
-variant's ratio to MrCoM and the p-value of Welch's t-test against it.
+variant's ratio to MrCoM and the p-value of Welch's t-test against it, and the naive forecast's
+error on the same windows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mrcom_lightning.compare import against_reference, markdown, welch_p_value
 from mrcom_lightning.sweep import cell_name, sweep_main
 
 REFERENCE = "mrcom"
+NAIVE = "naive"  # the report's column of the naive forecast, read from the first variant's cells
 VARIANTS = {
     "mrcom": "",
     "rssm": "configs/baselines/rssm.yaml",
@@ -122,7 +124,8 @@ def report(results, root: Path) -> str:
     seeds = {v: len(s) for v, s in results.items()}
     parts = [
         f"Cells: {', '.join(f'{v} ({n} seeds)' for v, n in seeds.items())}. Each cell: mean ± std over seeds; "
-        f"`÷ {reference}`: ratio of means to {reference}; `p`: Welch's t-test against it. Lower is better.",
+        f"`÷ {reference}`: ratio of means to {reference}; `p`: Welch's t-test against it; `{NAIVE}`: repeating the "
+        "last real observation and reward on the same windows. Lower is better.",
     ]
     records = []
     for split in SPLITS:
@@ -130,11 +133,15 @@ def report(results, root: Path) -> str:
             cells = table_cells(results, split, error, domains)
             if not cells:
                 continue
+            # The naive forecast (repeat the last real observation and reward) on the same windows.
+            naive = table_cells({NAIVE: results[cols[0]]}, split, f"naive_{error}", domains)
+            cells |= naive
             parts.append(f"\n### {split} · {error}\n")
-            parts.append(markdown(rows, cols, cells, 4, f"{split}/{error}", reference))
-            compared = against_reference(cells, rows, cols, reference) if reference else {}
+            columns = cols + ([NAIVE] if naive else [])
+            parts.append(markdown(rows, columns, cells, 4, f"{split}/{error}", reference))
+            compared = against_reference(cells, rows, columns, reference) if reference else {}
             for row in rows:
-                for col in cols:
+                for col in columns:
                     values = cells.get((row, col))
                     if values:
                         ratio, p = compared.get((row, col), (1.0 if col == reference else float("nan"), float("nan")))

@@ -194,3 +194,24 @@ def test_the_shipped_agents_fit_the_main_job(domain):
     for name in referenced_files(summary):
         agent = SAC.from_checkpoint(torch.load(folder / name, weights_only=True))
         assert agent.obs_dim == get_domain(domain).obs_dim + 3
+
+
+def test_stand_shaping_pays_half_for_standing_and_leaves_the_task_reward_to_evaluations():
+    spec = ScenarioSpec("hopper", target_speed=0.5)
+    plain = ConditionedEnv(make_env(spec, seed=3, episode_steps=60))
+    shaped = ConditionedEnv(make_env(spec, seed=3, episode_steps=60), shaping="stand")
+    assert np.array_equal(plain.reset(), shaped.reset())
+    rng, standing_steps = np.random.default_rng(0), 0
+    for _ in range(60):
+        action = plain.random_action(rng)
+        obs, reward, _ = plain.step(action)
+        shaped_obs, shaped_reward, _ = shaped.step(action)
+        assert np.array_equal(obs, shaped_obs)  # the same physics: only the reward differs
+        standing = 1.0 if 0.6 <= shaped.env.physics.height() <= 2 else 0.0  # the task's band, no margin
+        assert shaped_reward == pytest.approx(0.5 * (standing + reward))
+        standing_steps += standing > reward
+    assert standing_steps > 0  # standing pays before hopping does
+    with pytest.raises(ValueError, match="hopper only"):
+        ConditionedEnv(make_env(ScenarioSpec("walker")), shaping="stand")
+    with pytest.raises(ValueError, match="shaping must be one of"):
+        ConditionedEnv(make_env(spec), shaping="dense")

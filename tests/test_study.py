@@ -20,10 +20,11 @@ def fake_metrics(variant: str, seed: int) -> dict[str, float]:
     """Known test errors: a variant's error is its rank + 1 (+ 0.1 × seed) on every split and domain."""
     value = list(study.VARIANTS).index(variant) + 1 + 0.1 * seed
     return {
-        f"{split}/{domain}/{error}": value
+        f"{split}/{domain}/{prefix}{error}": value if not prefix else 10.0 + seed
         for split in study.SPLITS
         for domain in DOMAINS
         for error in study.ERRORS
+        for prefix in ("", "naive_")
     } | {f"{split}/loss": value for split in study.SPLITS}
 
 
@@ -61,6 +62,9 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     text = (root / "report.md").read_text()
     assert text.strip() in capsys.readouterr().out
     assert "| test_ood_dynamics/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in text
+    assert text.count("| naive | naive ÷ mrcom | p |") == len(study.SPLITS) * len(study.ERRORS)
+    naive_row = next(line for line in text.splitlines() if line.startswith("| overall |"))
+    assert f"| 11.0000 ± 0.8165 | {11 / 1.1:.4f} |" in naive_row  # the naive forecast: 10 + seed
     # rssm's errors are 2 + 0.1 seed against mrcom's 1 + 0.1 seed: ratio 2.1 / 1.1, Welch p of those samples.
     mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.1, 2.2]
     p = stats.ttest_ind(rssm, mrcom, equal_var=False).pvalue
@@ -69,7 +73,7 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={1.1 / 2.1:.3f} p={p:.3g} seeds=3")
     rows = (root / "report.csv").read_text().splitlines()
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_value"
-    assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * len(study.VARIANTS)
+    assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.VARIANTS) + 1)
 
     fake_cells.clear()
     main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])

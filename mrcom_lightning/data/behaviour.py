@@ -75,12 +75,15 @@ def train_agent(
     folder: Path,
     evaluations: int = EVALUATIONS,
     progress: bool = True,
+    shaping: str = "none",
 ) -> TrainResult:
     """Trains the scenario-conditioned SAC of one domain across `specs`; writes its snapshots and log.
 
     Training episode i runs on `specs[i % n]`; each of the `evaluations` evaluations runs one
     deterministic episode per scenario, saves the policy as `snapshot-<step>.pt` and rewrites
     `training.json` (step, mean return, seconds), so a long run can be followed as it goes.
+    `shaping` (`conditioning.SHAPINGS`) changes the training episodes' reward only: evaluations
+    and the returns logged are the task's.
     """
     domain, n = _domain_of(specs), len(specs)
 
@@ -88,9 +91,9 @@ def train_agent(
         if index >= EVAL_SEED:  # evaluation episode j runs on scenario j mod n
             j = index - EVAL_SEED
             spec, env_seed = specs[j % n], derive_seed(seed, "behaviour-eval", domain, j)
-        else:
-            spec, env_seed = specs[index % n], derive_seed(seed, "behaviour", domain, index)
-        return ConditionedEnv(make_env(spec, seed=env_seed, episode_steps=episode_steps))
+            return ConditionedEnv(make_env(spec, seed=env_seed, episode_steps=episode_steps))
+        spec, env_seed = specs[index % n], derive_seed(seed, "behaviour", domain, index)
+        return ConditionedEnv(make_env(spec, seed=env_seed, episode_steps=episode_steps), shaping)
 
     folder.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []

@@ -28,11 +28,31 @@ def condition(obs: np.ndarray, spec: ScenarioSpec) -> np.ndarray:
     return np.concatenate([obs, parameters], axis=-1)
 
 
-class ConditionedEnv:
-    """A scenario environment whose observations carry the scenario's parameters (for SAC training)."""
+def standing(env) -> float:
+    """1 while the hopper's torso is in the task's standing band (height in [0.6, 2] m), falling
+    off outside it: the `standing` factor of the hopper's reward."""
+    from dm_control.suite import hopper
+    from dm_control.utils import rewards
 
-    def __init__(self, env):
-        self.env, self.spec = env, env.spec
+    return float(rewards.tolerance(env.physics.height(), (hopper._STAND_HEIGHT, 2)))
+
+
+# Behaviour-only training rewards: `stand` = (standing + task reward) / 2, so a hopper earns half
+# its reward by getting up before it has to hop (the task reward, standing × hopping, is 0 until
+# then). The data and every evaluation use the task reward.
+SHAPINGS = ("none", "stand")
+
+
+class ConditionedEnv:
+    """A scenario environment whose observations carry the scenario's parameters (for SAC training),
+    optionally with a shaped training reward (`SHAPINGS`)."""
+
+    def __init__(self, env, shaping: str = "none"):
+        if shaping not in SHAPINGS:
+            raise ValueError(f"shaping must be one of {list(SHAPINGS)}, got {shaping!r}")
+        if shaping == "stand" and env.spec.domain != "hopper":
+            raise ValueError(f"shaping 'stand' is defined for hopper only, got a {env.spec.domain} scenario")
+        self.env, self.spec, self.shaping = env, env.spec, shaping
         self.obs_dim, self.act_dim = env.obs_dim + SCENARIO_PARAMETERS, env.act_dim
 
     def reset(self) -> np.ndarray:
@@ -40,6 +60,8 @@ class ConditionedEnv:
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
         obs, reward, done = self.env.step(action)
+        if self.shaping == "stand":
+            reward = 0.5 * (standing(self.env) + reward)
         return condition(obs, self.spec), reward, done
 
     def random_action(self, rng: np.random.Generator) -> np.ndarray:
