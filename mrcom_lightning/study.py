@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mrcom_lightning.compare import against_reference, markdown, welch_p_value
+from mrcom_lightning.compare import against_reference, markdown, plot_bars, welch_p_value
 from mrcom_lightning.sweep import cell_name, sweep_main
 
 REFERENCE = "mrcom"
@@ -116,7 +116,8 @@ def summary_line(results, domains: list[str]) -> str:
 
 
 def report(results, root: Path) -> str:
-    """Writes `report.md` and `report.csv` under `root`; returns the Markdown."""
+    """Writes `report.md`, `report.csv` and bar charts of the overall open-loop errors per split
+    (`open_loop_mse.png`, `open_loop_reward_mse.png`, ± std over seeds) under `root`; returns the Markdown."""
     domains = domains_of(results)
     rows = domains + ["overall"]
     cols = [v for v in VARIANTS if v in results]
@@ -154,6 +155,11 @@ def report(results, root: Path) -> str:
         writer = csv.writer(f)
         writer.writerow(["split", "error", "domain", "variant", "mean", "std", "seeds", f"ratio_to_{REFERENCE}", "p_value"])
         writer.writerows(records)
+    for error in ("open_loop_mse", "open_loop_reward_mse"):  # overall errors per split, ± std over seeds
+        cells = {(split, variant): values for split in SPLITS
+                 for (row, variant), values in table_cells(results, split, error, domains).items() if row == "overall"}  # fmt: skip
+        if cells:
+            plot_bars(root / f"{error}.png", [s for s in SPLITS if any(k[0] == s for k in cells)], cols, cells, f"overall {error}")
     return text
 
 

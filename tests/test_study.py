@@ -71,6 +71,7 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.1000 ± 0.0816" in line)
     assert f"| {2.1 / 1.1:.4f} | {p:.3g} |" in row
     assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={1.1 / 2.1:.3f} p={p:.3g} seeds=3")
+    assert (root / "open_loop_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
     rows = (root / "report.csv").read_text().splitlines()
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_value"
     assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.VARIANTS) + 1)
