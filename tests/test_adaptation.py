@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, resolve_targets, score_of
-from mrcom_lightning.adaptation import loop
+from mrcom_lightning.adaptation import loop, rounds
 from mrcom_lightning.adaptation.imagination import open_loop_errors
 from mrcom_lightning.agents import SAC, SACConfig
 from mrcom_lightning.metrics import masked_mean
@@ -186,7 +186,7 @@ def test_fine_tuning_lowers_the_error_on_the_targets_transitions():
     held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain, 17, 6)
     before = reconstruction_error(model, held)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune_lr)
-    loss = loop._fine_tune(model, history, config, domain, optimizer, np.random.default_rng(0), "cpu")
+    loss = rounds.fine_tune(model, history, config, domain, optimizer, np.random.default_rng(0), "cpu")
     assert math.isfinite(loss)
     assert reconstruction_error(model, held) < 0.8 * before
 
@@ -273,10 +273,10 @@ def test_the_model_pool_feeds_sac(monkeypatch, use_model):
     if not use_model:
         assert result.imagined == 0 and rollouts == []
         return
-    rounds = expected_rounds(config)
-    assert rounds == 4
-    assert len(rollouts) == rounds
-    assert result.imagined == rounds * config.rollout_batch * config.horizon
+    n_rounds = expected_rounds(config)
+    assert n_rounds == 4
+    assert len(rollouts) == n_rounds
+    assert result.imagined == n_rounds * config.rollout_batch * config.horizon
     # Every SAC batch after the first round is imagined but for ceil(real_ratio · batch) real rows;
     # imagined next observations are decoded ones, which no real transition has.
     imagined = {row.numpy().tobytes() for out in rollouts for row in out["next_obs"]}
@@ -315,18 +315,18 @@ def rollouts_with(disagreement: list[list[float]]) -> dict[str, torch.Tensor]:
 
 def test_truncation_keeps_each_rollout_up_to_its_first_uncertain_step():
     rollouts = rollouts_with([[0.1, 0.7, 0.1], [0.1, 0.2, 0.3], [0.9, 0.1, 0.1]])
-    kept = loop._imagined(rollouts, tiny_config(uncertainty="truncate", uncertainty_threshold=0.5), 3)
+    kept = rounds.imagined_transitions(rollouts, tiny_config(uncertainty="truncate", uncertainty_threshold=0.5), 3)
     assert kept["obs"][:, 0].tolist() == [0, 3, 4, 5]  # rollout 0 until its step 1, all of 1, none of 2
-    penalised = loop._imagined(rollouts, tiny_config(uncertainty="penalty", uncertainty_penalty=2.0), 3)
+    penalised = rounds.imagined_transitions(rollouts, tiny_config(uncertainty="penalty", uncertainty_penalty=2.0), 3)
     np.testing.assert_allclose(penalised["reward"], 1 - 2 * rollouts["disagreement"].numpy(), rtol=1e-6)
-    assert len(loop._imagined(rollouts, tiny_config(uncertainty="none"), 3)["reward"]) == 9
+    assert len(rounds.imagined_transitions(rollouts, tiny_config(uncertainty="none"), 3)["reward"]) == 9
 
 
 def test_the_safeguard_trusts_the_horizons_where_the_model_beats_the_naive_forecast(monkeypatch):
     # The model is better than naive at h = 1, 2 and worse on the reward at h = 3: two steps are trusted.
     errors = {"model_obs": torch.tensor([0.1, 0.2, 0.3, 0.1, 0.1]), "naive_obs": torch.ones(5),
               "model_reward": torch.tensor([0.1, 0.1, 2.0, 0.1, 0.1]), "naive_reward": torch.ones(5)}
-    monkeypatch.setattr(loop, "open_loop_errors", lambda *args: errors)
+    monkeypatch.setattr(rounds, "open_loop_errors", lambda *args: errors)
     horizons = []
     original_imagine = loop.imagine
 

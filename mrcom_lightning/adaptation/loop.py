@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mrcom_lightning.adaptation.history import RealHistory
-from mrcom_lightning.adaptation.imagination import imagine, open_loop_errors
+from mrcom_lightning.adaptation.imagination import imagine
+from mrcom_lightning.adaptation.rounds import fine_tune, imagined_transitions, trusted_horizon
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
@@ -42,7 +43,6 @@ SAC_METRICS = {
     "q_mean": "charts/q_mean",
     "entropy": "charts/entropy",
 }
-FINE_TUNE_CLIP = 100.0  # the gradient clipping of `mrcom fit` (configs/*.yaml)
 
 
 @dataclasses.dataclass
@@ -190,68 +190,6 @@ def _mixed(real: ReplayBuffer, model: ReplayBuffer, batch_size: int, ratio: floa
     return {key: torch.cat([a[key], b[key]]) for key in a}, (batch_size - n_real) / batch_size
 
 
-def _fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: int, optimizer, rng, device) -> float | None:
-    """`fine_tune_steps` steps of the world model's own loss (Eq. 16) on the target's real windows;
-    the mean total loss, or None while the history has no window."""
-    prompt_length = module.world_model.config.context_length
-    losses = []
-    module.train()
-    for step in range(config.fine_tune_steps):
-        batch = history.batch(config.fine_tune_batch, config.history_length, prompt_length, rng, domain,
-                              max(module.obs_dims), max(module.act_dims), device)
-        if batch is None:
-            break
-        terms, _ = module.losses(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), FINE_TUNE_CLIP)
-        optimizer.step()
-        module.on_train_batch_end(None, batch, step)
-        losses.append(terms["total"].item())
-    module.eval()
-    return float(np.mean(losses)) if losses else None
-
-
-def _trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device) -> tuple[int, dict]:
-    """The safeguard: how many imagined steps the model may contribute now, and its errors.
-
-    Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
-    seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
-    trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
-    both the observation and the reward error. 0 while no such window exists."""
-    batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
-                          module.world_model.config.context_length, rng, domain, max(module.obs_dims),
-                          max(module.act_dims), device, newest=config.rollout_every)
-    if batch is None:
-        return (0 if config.safeguard else config.horizon), {}
-    errors = open_loop_errors(module.world_model, batch, config.horizon)
-    beats = (errors["model_obs"] < errors["naive_obs"]) & (errors["model_reward"] < errors["naive_reward"])
-    trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
-    return trusted, {
-        "charts/model_one_step_error": errors["model_obs"][0].item(),
-        "charts/naive_one_step_error": errors["naive_obs"][0].item(),
-        "charts/model_one_step_reward_error": errors["model_reward"][0].item(),
-        "charts/naive_one_step_reward_error": errors["naive_reward"][0].item(),
-        "charts/model_horizon_error": errors["model_obs"][-1].item(),
-        "charts/naive_horizon_error": errors["naive_obs"][-1].item(),
-        "charts/trusted_horizon": trusted,
-    }
-
-
-def _imagined(rollouts: dict[str, torch.Tensor], config: AdaptationConfig, horizon: int) -> dict[str, np.ndarray]:
-    """The transitions of `imagine` that enter the pool, after truncation or penalty."""
-    disagreement = rollouts["disagreement"]
-    keep = torch.ones_like(disagreement, dtype=torch.bool)
-    reward = rollouts["reward"]
-    if config.uncertainty == "truncate":
-        exceeded = (disagreement > config.uncertainty_threshold).view(-1, horizon)
-        keep = (exceeded.long().cumsum(1) == 0).view(-1)  # every step before the first uncertain one
-    elif config.uncertainty == "penalty":
-        reward = reward - config.uncertainty_penalty * disagreement
-    kept = {"reward": reward} | {key: rollouts[key] for key in ("obs", "action", "next_obs", "done")}
-    return {key: value[keep].cpu().numpy() for key, value in kept.items()}
-
-
 @contextlib.contextmanager
 def _own_torch_rng(seed: int, device: torch.device):
     """The world model's sampling (rollouts, fine-tuning) from `seed`, leaving the caller's RNG as it was."""
@@ -336,10 +274,10 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
 
         learning = step > config.warmup_steps
         if use_model and learning and (step - config.warmup_steps - 1) % config.rollout_every == 0:
-            trusted, errors = _trusted_horizon(module, history, config, domain_id, model_rng, device)
+            trusted, errors = trusted_horizon(module, history, config, domain_id, model_rng, device)
             log.add(errors)
             if optimizer is not None:
-                loss = _fine_tune(module, history, config, domain_id, optimizer, model_rng, device)
+                loss = fine_tune(module, history, config, domain_id, optimizer, model_rng, device)
                 if loss is not None:
                     log.add({"losses/model_fine_tune": loss})
             if trusted == 0:
@@ -351,7 +289,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                 if batch is not None:
                     rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim,
                                        config.rollout_samples)
-                    kept = _imagined(rollouts, config, trusted)
+                    kept = imagined_transitions(rollouts, config, trusted)
                     model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
                     imagined += len(kept["reward"])
                     log.add({"charts/disagreement": rollouts["disagreement"].mean().item(),

@@ -1,0 +1,80 @@
+"""What the world model does in each rollout round of the adaptation loop (`loop.py`): fine-tuning
+on the target's real history, the safeguard against the naive forecast, and the cut of K-sample
+rollouts into the transitions that enter the model pool."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mrcom_lightning.adaptation.history import RealHistory
+from mrcom_lightning.adaptation.imagination import open_loop_errors
+
+if TYPE_CHECKING:
+    from mrcom_lightning.adaptation.loop import AdaptationConfig
+
+FINE_TUNE_CLIP = 100.0  # the gradient clipping of `mrcom fit` (configs/*.yaml)
+
+
+def fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: int, optimizer, rng, device) -> float | None:
+    """`fine_tune_steps` steps of the world model's own loss (Eq. 16) on the target's real windows;
+    the mean total loss, or None while the history has no window."""
+    prompt_length = module.world_model.config.context_length
+    losses = []
+    module.train()
+    for step in range(config.fine_tune_steps):
+        batch = history.batch(config.fine_tune_batch, config.history_length, prompt_length, rng, domain,
+                              max(module.obs_dims), max(module.act_dims), device)
+        if batch is None:
+            break
+        terms, _ = module.losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), FINE_TUNE_CLIP)
+        optimizer.step()
+        module.on_train_batch_end(None, batch, step)
+        losses.append(terms["total"].item())
+    module.eval()
+    return float(np.mean(losses)) if losses else None
+
+
+def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device) -> tuple[int, dict]:
+    """The safeguard: how many imagined steps the model may contribute now, and its errors.
+
+    Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
+    seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
+    trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
+    both the observation and the reward error. 0 while no such window exists."""
+    batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
+                          module.world_model.config.context_length, rng, domain, max(module.obs_dims),
+                          max(module.act_dims), device, newest=config.rollout_every)
+    if batch is None:
+        return (0 if config.safeguard else config.horizon), {}
+    errors = open_loop_errors(module.world_model, batch, config.horizon)
+    beats = (errors["model_obs"] < errors["naive_obs"]) & (errors["model_reward"] < errors["naive_reward"])
+    trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
+    return trusted, {
+        "charts/model_one_step_error": errors["model_obs"][0].item(),
+        "charts/naive_one_step_error": errors["naive_obs"][0].item(),
+        "charts/model_one_step_reward_error": errors["model_reward"][0].item(),
+        "charts/naive_one_step_reward_error": errors["naive_reward"][0].item(),
+        "charts/model_horizon_error": errors["model_obs"][-1].item(),
+        "charts/naive_horizon_error": errors["naive_obs"][-1].item(),
+        "charts/trusted_horizon": trusted,
+    }
+
+
+def imagined_transitions(rollouts: dict[str, torch.Tensor], config: AdaptationConfig, horizon: int) -> dict[str, np.ndarray]:
+    """The transitions of `imagine` that enter the pool, after truncation or penalty."""
+    disagreement = rollouts["disagreement"]
+    keep = torch.ones_like(disagreement, dtype=torch.bool)
+    reward = rollouts["reward"]
+    if config.uncertainty == "truncate":
+        exceeded = (disagreement > config.uncertainty_threshold).view(-1, horizon)
+        keep = (exceeded.long().cumsum(1) == 0).view(-1)  # every step before the first uncertain one
+    elif config.uncertainty == "penalty":
+        reward = reward - config.uncertainty_penalty * disagreement
+    kept = {"reward": reward} | {key: rollouts[key] for key in ("obs", "action", "next_obs", "done")}
+    return {key: value[keep].cpu().numpy() for key, value in kept.items()}
