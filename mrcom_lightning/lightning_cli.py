@@ -22,10 +22,9 @@ from mrcom_lightning.checkpoints import (
 )
 from mrcom_lightning.data.episodes import atomic_write
 from mrcom_lightning.module import MrCoM
-from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI
+from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TEST_METRICS
 
 EVAL_COMMANDS = ("validate", "test", "predict")
-TEST_METRICS = "test_metrics.json"
 CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", "accelerator")
 # `--ckpt_path` values Lightning resolves itself (to a file it then loads inside `allow_project_globals`).
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")

@@ -20,6 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mrcom_lightning.compare import against_reference, markdown, plot_bars, welch_p_value
 from mrcom_lightning.sweep import cell_name, sweep_main
+from mrcom_lightning.tracking import TEST_METRICS
 
 REFERENCE = "mrcom"
 NAIVE = "naive"  # the report's column of the naive forecast, read from the first variant's cells
@@ -40,7 +41,6 @@ SIZES = {
     "cpu": ["configs/multi.yaml", "configs/study/generalization.yaml", "configs/study/cpu.yaml"],
     "paper": ["configs/multi.yaml", "configs/study/generalization.yaml"],
 }
-TEST_METRICS = "test_metrics.json"  # written by `mrcom test` beside the cell's checkpoints
 
 
 def study_parser() -> ArgumentParser:
