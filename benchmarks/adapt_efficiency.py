@@ -13,7 +13,7 @@ CPU-sized budget:
 2. world model: one MrCoM over all the domains, of reduced sizes (embedding 64, hidden 128, z 32,
    h 64, u 8; the paper's are 128/256/128/128), trained for `--wm-steps` steps of `module.losses`
    on the datamodule's training stream (batch 32, windows of 16 steps, prompts of 8); saved to
-   `--out/model.pt` and reused.
+   `--out/model-<digest of its settings>.pt` and reused.
 3. adaptation: `adapt(use_model=True)` (the loop's defaults: fine-tuning, large rollout rounds,
    K = 4 samples per start with truncation where they disagree, the naive-forecast safeguard,
    real share 0.5) and `adapt(use_model=False)` (plain SAC), same real steps, same SAC settings,
@@ -132,10 +132,12 @@ def dataset_config(args: argparse.Namespace, domains: tuple[str, ...]) -> Datase
     )
 
 
-def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM, str]:
-    """The trained model, loaded from `--out/model.pt` when it was trained with the same settings."""
-    path = Path(args.out) / "model.pt"
+def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM, str, str]:
+    """The trained model, its description and the digest of its settings; loaded from
+    `--out/model-<digest>.pt` when a model with the same settings was trained before."""
     key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr, "model": dataclasses.asdict(REDUCED)}
+    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
+    path = Path(args.out) / f"model-{digest}.pt"
     datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=REDUCED.context_length, batch_size=32)
     torch.manual_seed(0)
     module = MrCoM(world_model=REDUCED, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
@@ -143,12 +145,12 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM
         saved = torch.load(path, weights_only=True)  # plain settings and tensors: nothing to unpickle
         if saved["key"] == key:
             module.load_state_dict(saved["state_dict"])
-            return module.eval(), f"loaded from {path}"
+            return module.eval(), f"loaded from {path}", digest
     start = time.perf_counter()
     losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
     torch.save({"key": key, "state_dict": module.state_dict()}, path)
     return module.eval(), f"{args.wm_steps} steps in {time.perf_counter() - start:.0f}s, last losses " + str(
-        {name: round(value, 3) for name, value in losses.items()})
+        {name: round(value, 3) for name, value in losses.items()}), digest
 
 
 def run(target, config: AdaptationConfig, module, use_model: bool, seed: int, path: Path, args) -> dict:
@@ -206,7 +208,7 @@ def main() -> None:
     dataset = dataset_config(args, domains)
     collect(dataset, progress=args.progress)
     collected = time.perf_counter()
-    module, how = world_model(args, dataset)
+    module, how, model_digest = world_model(args, dataset)
     trained = time.perf_counter()
 
     base = dict(env_steps=args.env_steps, episode_steps=args.episode_steps, warmup_steps=args.warmup_steps,
@@ -214,11 +216,13 @@ def main() -> None:
     if args.smoke:
         base |= dict(rollout_every=50, rollout_batch=50, history_length=8, sac=SACConfig(hidden_dim=64, batch_size=64, warmup_steps=0))
     configs = {"mrcom": AdaptationConfig(**(base | changed)), "sac": AdaptationConfig(**base)}
-    # A run is stored under its full settings' hash: a changed default or flag never reuses a stale run.
-    tags = {m: f"{m}-{hashlib.sha1(repr(c).encode()).hexdigest()[:10]}" for m, c in configs.items()}
+    # A run is stored under its full settings' hash (MrCoM's with its world model's): a changed
+    # default, flag or model never reuses a stale run.
+    settings = {"mrcom": repr(configs["mrcom"]) + model_digest, "sac": repr(configs["sac"])}
+    tags = {m: f"{m}-{hashlib.sha1(s.encode()).hexdigest()[:10]}" for m, s in settings.items()}
     for method, tag in tags.items():
         (out / "runs" / tag).mkdir(parents=True, exist_ok=True)
-        (out / "runs" / tag / "config.txt").write_text(repr(configs[method]) + "\n")
+        (out / "runs" / tag / "config.txt").write_text(repr(configs[method]) + ("\nworld model " + model_digest if method == "mrcom" else "") + "\n")
     print(f"data: {domains}, {args.train_scenarios} training scenarios each, {args.behaviour} behaviour "
           f"({args.sac_steps} agent steps), {args.episodes_per_scenario} episodes per scenario and policy, "
           f"{args.episode_steps} steps each; {collected - start:.0f}s")

@@ -51,6 +51,7 @@ def main() -> None:
         "--shaping", default="none", choices=SHAPINGS,
         help="training reward of the behaviour agent only (stand: half for standing, for hopper); data and evaluations use the task's",
     )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="SAC training seed (default: the config's data seed)")
     parser.add_argument("--install", action="store_true", help="copy the result into the package")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -63,12 +64,14 @@ def main() -> None:
         hidden_dim=args.hidden, batch_size=args.batch, actor_lr=args.lr, critic_lr=args.lr,
         temperature_lr=args.lr, updates_per_step=args.updates_per_step, warmup_steps=args.warmup,
     )  # fmt: skip
+    seed = config.seed if args.seed is None else args.seed
     if trained_steps(folder) < args.steps:
-        train_agent(specs, args.steps, sac, config.seed, config.episode_steps, folder, args.evaluations,
+        train_agent(specs, args.steps, sac, seed, config.episode_steps, folder, args.evaluations,
                     not args.no_progress, shaping=args.shaping)  # fmt: skip
     log = json.loads((folder / TRAINING_LOG).read_text())
     summary = summarise(config, args.domain, folder, sac, args.steps, log[-1]["seconds"], source="trained")
     summary["shaping"] = args.shaping
+    summary["training_seed"] = seed
     write_json(folder / SUMMARY, summary)
 
     print("evaluations (step, mean return over training scenarios, seconds):")
