@@ -364,6 +364,26 @@ def test_the_safeguard_makes_a_broken_model_plain_sac():
     assert unguarded.imagined > 0 and changed(snapshot(sac.agent), unguarded.agent.state_dict()) != []
 
 
+def test_model_updates_are_made_only_while_the_pool_holds_trusted_transitions(monkeypatch):
+    updates = []
+    original_update = SAC.update
+
+    def counting_update(agent, batch):
+        updates.append(len(batch["reward"]))
+        return original_update(agent, batch)
+
+    monkeypatch.setattr(SAC, "update", counting_update)
+    learning_steps = TINY_ADAPT["env_steps"] - TINY_ADAPT["warmup_steps"]
+    # Unguarded, the first round fills the pool before the first update: every step makes 1 + 2.
+    unguarded = tiny_config(safeguard=False, uncertainty="none", fine_tune=False, model_updates_per_step=2)
+    adapt(CHEETAH, unguarded, tiny_model(), use_model=True, seed=0, progress=False)
+    assert len(updates) == learning_steps * 3
+    # A broken model is trusted nowhere: its pool stays empty and the extra updates never happen.
+    updates.clear()
+    model = adapt(CHEETAH, tiny_config(model_updates_per_step=2), tiny_model(), use_model=True, seed=0, progress=False)
+    assert model.imagined == 0 and len(updates) == learning_steps
+
+
 def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
     history = hopper_history(episodes=3, steps=30)
     windows = history.windows(50, 6, prompt_length=4, rng=np.random.default_rng(0), newest=10)
@@ -394,6 +414,10 @@ def test_adaptation_logs_sac_model_and_score_metrics():
     assert result.eval_steps == [20, 40, 60]
     sac = adapt(HOPPER, config, None, use_model=False, seed=0, progress=False)
     assert "losses/qf_loss" in sac.metrics and "losses/model_fine_tune" not in sac.metrics
+    assert "charts/real_reward" in sac.metrics and "charts/imagined_reward" not in sac.metrics
+    # The model's optimism: the mean imagined reward beside the real one, while it feeds the agent.
+    unguarded = adapt(HOPPER, tiny_config(safeguard=False), tiny_model(), use_model=True, seed=0, progress=False)
+    assert all(math.isfinite(value) for _, value in unguarded.metrics["charts/imagined_reward"])
 
 
 def test_the_callback_and_mrcom_adapt_share_their_defaults():

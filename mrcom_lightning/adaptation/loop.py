@@ -55,6 +55,9 @@ class AdaptationConfig:
         episode_steps: steps per target episode (dm_control's default and the paper's is 1000).
         warmup_steps: random-action steps before the policy acts and learns.
         updates_per_step: SAC updates per real environment step, for both methods (paper: 10).
+        model_updates_per_step: extra SAC updates per real step made only while the model pool holds
+            trusted imagined transitions (MBPO's many updates per real step, which the model's data
+            pay for); with an empty pool the run stays plain SAC's.
         horizon: imagined steps per rollout at most (paper: 5).
         rollout_every: real steps between rollout rounds (MBPO: 250).
         rollout_batch: rollout starts per round, each a real latent state.
@@ -87,6 +90,7 @@ class AdaptationConfig:
     episode_steps: int = 250
     warmup_steps: int = 1000
     updates_per_step: int = 1
+    model_updates_per_step: int = 0
     horizon: int = 5
     rollout_every: int = 250
     rollout_batch: int = 1000
@@ -112,8 +116,8 @@ class AdaptationConfig:
                      "model_pool_rounds", "history_length", "safeguard_windows", "fine_tune_batch", "eval_episodes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"adaptation.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "updates_per_step", "fine_tune_steps", "eval_every", "uncertainty_threshold",
-                     "uncertainty_penalty"):
+        for name in ("warmup_steps", "updates_per_step", "model_updates_per_step", "fine_tune_steps", "eval_every",
+                     "uncertainty_threshold", "uncertainty_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"adaptation.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 < self.real_ratio <= 1.0:
@@ -267,6 +271,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
         next_obs, reward, done = env.step(action)
         real.add(obs, action, reward, next_obs, False, episode_end=done)
         history.add(action, reward, next_obs, done)
+        log.add({"charts/real_reward": reward})
         obs = next_obs
         if done:
             obs = env.reset()
@@ -294,9 +299,12 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                     imagined += len(kept["reward"])
                     log.add({"charts/disagreement": rollouts["disagreement"].mean().item(),
                              "charts/kept_fraction": len(kept["reward"]) / len(rollouts["reward"])})
+                    if len(kept["reward"]):  # beside charts/real_reward: the model's optimism
+                        log.add({"charts/imagined_reward": float(kept["reward"].mean())})
             log.add({"charts/model_pool": len(model_pool)})
         if learning and len(real) >= 1:
-            for _ in range(config.updates_per_step):
+            updates = config.updates_per_step + (config.model_updates_per_step if len(model_pool) else 0)
+            for _ in range(updates):
                 batch, share = _mixed(real, model_pool, config.sac.batch_size, config.real_ratio if use_model else 1.0,
                                       rng, device)
                 log.add({SAC_METRICS[key]: value for key, value in agent.update(batch).items() if key in SAC_METRICS})
