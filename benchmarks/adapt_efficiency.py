@@ -71,6 +71,10 @@ SMOKE = dict(train_scenarios=2, behaviour="random", episodes_per_scenario=2, epi
              env_steps=300, warmup_steps=100, eval_every=100, eval_episodes=1, seeds="0,1")
 
 
+# What `adapt(use_model=False)` reads of an AdaptationConfig.
+PLAIN_SAC_FIELDS = ("env_steps", "episode_steps", "warmup_steps", "updates_per_step", "eval_every", "eval_episodes", "sac")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", default="cheetah,walker", help="comma-separated, one target each")
@@ -218,7 +222,9 @@ def main() -> None:
     configs = {"mrcom": AdaptationConfig(**(base | changed)), "sac": AdaptationConfig(**base)}
     # A run is stored under its full settings' hash (MrCoM's with its world model's): a changed
     # default, flag or model never reuses a stale run.
-    settings = {"mrcom": repr(configs["mrcom"]) + model_digest, "sac": repr(configs["sac"])}
+    # Plain SAC's by the fields it reads only, so that a new model-only option does not rerun it.
+    settings = {"mrcom": repr(configs["mrcom"]) + model_digest,
+                "sac": repr({name: getattr(configs["sac"], name) for name in PLAIN_SAC_FIELDS})}
     tags = {m: f"{m}-{hashlib.sha1(s.encode()).hexdigest()[:10]}" for m, s in settings.items()}
     for method, tag in tags.items():
         (out / "runs" / tag).mkdir(parents=True, exist_ok=True)
