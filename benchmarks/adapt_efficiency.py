@@ -55,9 +55,12 @@ import torch  # noqa: E402
 from common import train_world_model  # noqa: E402  (benchmarks/common.py)
 
 from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
+from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
+from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
 from mrcom_lightning.agents import SACConfig  # noqa: E402
 from mrcom_lightning.compare import welch_p_value  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
+from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
@@ -157,6 +160,26 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM
         {name: round(value, 3) for name, value in losses.items()}), digest
 
 
+def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 256, horizon: int = 5) -> dict:
+    """The model's open-loop errors (h = 1 and h = `horizon`) on the target's held-out behaviour
+    episodes, which it never trained on, beside the naive forecast's (`open_loop_errors`), and
+    its reward error with the posterior latents (teacher-forced): how good its data can be."""
+    domain = module.domains.index(spec.domain)
+    store = EpisodeStore(dataset.root)
+    history = RealHistory(module.obs_dims[domain], module.act_dims[domain])
+    for episode in store.read_all(store.index(spec.id)):
+        history.start(episode.obs[0])
+        for t in range(episode.steps):
+            history.add(episode.action[t], float(episode.reward[t]), episode.obs[t + 1], t == episode.steps - 1)
+    batch = history.batch(windows, 16 + horizon, REDUCED.context_length, np.random.default_rng(0), domain,
+                          max(module.obs_dims), max(module.act_dims))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        errors = open_loop_errors(module.world_model, batch, horizon)
+        posterior = ((module.world_model.predict(batch).reward - batch["reward"]) ** 2).mean().item()
+    return {f"{key}_h{h}": errors[key][h - 1].item() for key in errors for h in (1, horizon)} | {"posterior_reward": posterior}
+
+
 def run(target, config: AdaptationConfig, module, use_model: bool, seed: int, path: Path, args) -> dict:
     """One adaptation's curve and timing, loaded from `path` when it already ran."""
     if path.exists():
@@ -241,6 +264,11 @@ def main() -> None:
     for domain in domains:
         target = [spec for spec in dataset.scenarios.test_id if spec.domain == domain][0]
         print(f"target {domain}: {target}")
+        e = target_errors(module, dataset, target)
+        print(f"  model on the target's held-out behaviour episodes (naive forecast in brackets): observation h1 "
+              f"{e['model_obs_h1']:.4f} ({e['naive_obs_h1']:.4f}), h5 {e['model_obs_h5']:.4f} ({e['naive_obs_h5']:.4f}); "
+              f"reward h1 {e['model_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), h5 {e['model_reward_h5']:.5f} "
+              f"({e['naive_reward_h5']:.5f}), from posterior latents {e['posterior_reward']:.5f}")
         for method in ("mrcom", "sac"):
             runs = []
             for seed in seeds:
