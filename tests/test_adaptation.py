@@ -20,7 +20,7 @@ import yaml
 
 from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, resolve_targets, score_of
 from mrcom_lightning.adaptation import loop, rounds
-from mrcom_lightning.adaptation.imagination import open_loop_errors
+from mrcom_lightning.adaptation.imagination import open_loop_errors, per_dim_relative_errors
 from mrcom_lightning.agents import SAC, SACConfig
 from mrcom_lightning.metrics import masked_mean
 from mrcom_lightning.models import WorldModelConfig
@@ -362,6 +362,27 @@ def test_the_safeguard_makes_a_broken_model_plain_sac():
     unguarded = adapt(CHEETAH, dataclasses.replace(config, safeguard=False), tiny_model(), use_model=True, seed=1,
                       progress=False)
     assert unguarded.imagined > 0 and changed(snapshot(sac.agent), unguarded.agent.state_dict()) != []
+
+
+def test_observation_errors_are_measured_in_each_dims_own_one_step_change():
+    g = torch.Generator().manual_seed(0)
+    # Two dims: a velocity that changes by ~5 per step and an angle that changes by ~0.01.
+    last = torch.randn(64, 1, 2, generator=g)
+    change = torch.randn(64, 3, 2, generator=g) * torch.tensor([5.0, 0.01])
+    real = last + change.cumsum(1)
+    mask = torch.ones(64, 2)
+    model, naive = per_dim_relative_errors(real.clone(), real, last, mask)
+    assert torch.all(model == 0) and naive[0].item() == pytest.approx(1.0)
+    # Off by 1 on the velocity (5x better than naive there) and by 0.1 on the angle (10x its change):
+    # a plain MSE over dims calls this model better than naive; in each dim's own units it is not.
+    off = real + torch.tensor([1.0, 0.1])
+    assert ((off - real) ** 2).mean() < ((last - real[:, :1]) ** 2).mean()
+    model, naive = per_dim_relative_errors(off, real, last, mask)
+    assert model[0] > 10 * naive[0]
+    # Padding dims (mask 0) do not count.
+    padded = per_dim_relative_errors(torch.nn.functional.pad(off, (0, 1), value=9.0), torch.nn.functional.pad(real, (0, 1)),
+                                     torch.nn.functional.pad(last, (0, 1)), torch.nn.functional.pad(mask, (0, 1)))
+    torch.testing.assert_close(padded[0], model)
 
 
 def test_model_updates_are_made_only_while_the_pool_holds_trusted_transitions(monkeypatch):

@@ -6,8 +6,9 @@ with `use_model=False` it is the no-model baseline (plain SAC with the same real
 Each rollout round (every `rollout_every` real steps once learning starts) does, in order:
 1. safeguard: the model's open-loop error on windows ending at the newest real transitions,
    against the naive forecast; imagined steps are kept only up to the first horizon step where
-   the model is not better on both observation and reward (none: the pool is emptied and SAC
-   learns from real data alone, exactly as plain SAC would);
+   the model is not better on both observation (in each dim's own one-step change,
+   `per_dim_relative_errors`) and reward (none: the pool is emptied and SAC learns from real
+   data alone, exactly as plain SAC would);
 2. fine-tuning of the world model on the target's real history so far;
 3. rollouts from real latents, K samples per start; rollouts are cut where the samples disagree
    (or their reward is penalised, MOPO), and the rest enter the model pool.
