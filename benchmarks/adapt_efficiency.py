@@ -92,6 +92,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--episode-steps", type=int, default=250, help="steps per episode, data and adaptation")
     parser.add_argument("--wm-steps", type=int, default=2000, help="world-model gradient steps")
     parser.add_argument("--wm-lr", type=float, default=1e-3)
+    parser.add_argument("--obs-normalization", default="symlog", choices=["symlog", "standardize"],
+                        help="model.world_model.obs_normalization of the world model")
     parser.add_argument("--env-steps", type=int, default=10_000, help="real steps of each adaptation (the budget)")
     parser.add_argument("--warmup-steps", type=int, default=1000)
     parser.add_argument("--updates-per-step", type=int, default=1, help="SAC updates per real step, both methods (paper: 10)")
@@ -142,17 +144,21 @@ def dataset_config(args: argparse.Namespace, domains: tuple[str, ...]) -> Datase
 def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM, str, str]:
     """The trained model, its description and the digest of its settings; loaded from
     `--out/model-<digest>.pt` when a model with the same settings was trained before."""
-    key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr, "model": dataclasses.asdict(REDUCED)}
+    config = dataclasses.replace(REDUCED, obs_normalization=args.obs_normalization)
+    key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr, "model": dataclasses.asdict(config)}
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
     path = Path(args.out) / f"model-{digest}.pt"
-    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=REDUCED.context_length, batch_size=32)
+    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=config.context_length, batch_size=32)
     torch.manual_seed(0)
-    module = MrCoM(world_model=REDUCED, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
+    module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
     if path.exists():
         saved = torch.load(path, weights_only=True)  # plain settings and tensors: nothing to unpickle
         if saved["key"] == key:
             module.load_state_dict(saved["state_dict"])
             return module.eval(), f"loaded from {path}", digest
+    if config.obs_normalization == "standardize":  # as `mrcom fit` does at its start
+        datamodule.setup("fit")
+        module.world_model.set_observation_statistics(*datamodule.observation_statistics())
     start = time.perf_counter()
     losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
     torch.save({"key": key, "state_dict": module.state_dict()}, path)
