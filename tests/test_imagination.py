@@ -142,3 +142,30 @@ def test_a_briefly_trained_model_imagines_rewards_that_follow_the_imagined_actio
             imagined[value] = wm.rollout(start, actions, 5, batch["domain"]).reward
     high, low = imagined[1.0].mean().item(), imagined[-1.0].mean().item()
     assert high - low > 0.5, f"imagined reward with a[0]=+1: {high:.3f}, with a[0]=-1: {low:.3f} (true: 1 and 0)"
+
+
+def test_anchored_rollouts_start_from_the_real_observation_whatever_the_decoders_bias():
+    """`start(anchor=True)` adds o_t − dec(s_t) to every decoded observation: a decoder that is off
+    by a constant gives the same anchored rollout as one that is not."""
+    model = make_model(world_model=dataclasses.replace(TINY, obs_normalization="standardize"))  # raw = normalised
+    wm, batch = model.world_model, synthetic_batch()
+
+    def rollout(shift: float, anchor: bool):
+        with torch.no_grad():
+            for net in wm.decoder.nets:
+                net[-1].bias += shift
+            torch.manual_seed(0)
+            state = wm.start(wm.predict(batch), batch, 6, anchor=anchor)
+            torch.manual_seed(1)
+            out = wm.rollout(state, batch["action"][:, 6:9], 3, batch["domain"])
+            for net in wm.decoder.nets:
+                net[-1].bias -= shift
+        return out, state
+
+    (plain, state), (biased, _) = rollout(0.0, True), rollout(0.5, True)
+    torch.testing.assert_close(biased.next_obs, plain.next_obs)
+    torch.manual_seed(0)
+    reconstruction = wm.decode(wm.predict(batch).latents.features, batch["domain"])[:, 6]
+    torch.testing.assert_close(state.offset, batch["obs"][:, 6] - reconstruction)
+    unanchored, _ = rollout(0.5, False)
+    assert not torch.allclose(unanchored.next_obs, plain.next_obs)

@@ -64,6 +64,9 @@ class AdaptationConfig:
         rollout_batch: rollout starts per round, each a real latent state.
         rollout_samples: rollouts per start (K), which differ only by the model's sampling; their
             spread is the disagreement that `uncertainty` reads, and all K enter the pool.
+        anchor_observations: add the decoder's error at each rollout's real start, o_t − dec(s_t),
+            to the rollout's decoded observations (and in the safeguard's measurement), so that
+            imagined changes start from the real observation, not from its reconstruction.
         uncertainty: "truncate" cuts a rollout before its first step whose disagreement exceeds
             `uncertainty_threshold`; "penalty" uses r − `uncertainty_penalty` · disagreement (MOPO);
             "none" keeps every step.
@@ -96,6 +99,7 @@ class AdaptationConfig:
     rollout_every: int = 250
     rollout_batch: int = 1000
     rollout_samples: int = 4
+    anchor_observations: bool = False
     uncertainty: str = "truncate"
     uncertainty_threshold: float = 0.5
     uncertainty_penalty: float = 1.0
@@ -294,7 +298,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                                       max(module.obs_dims), max(module.act_dims), device)
                 if batch is not None:
                     rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim,
-                                       config.rollout_samples)
+                                       config.rollout_samples, config.anchor_observations)
                     kept = imagined_transitions(rollouts, config, trusted)
                     model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
                     imagined += len(kept["reward"])

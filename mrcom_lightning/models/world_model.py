@@ -128,7 +128,10 @@ class Predictions:
 class ImaginedState:
     """Where a rollout stands at step t: the latent (h_t, z_t), the observation o_t (raw scale,
     padded) with the reward r_{t−1} that arrived with it, and the context window's tokens up to
-    transition t − 1 (None without a context). `context` is c_t (the last one read)."""
+    transition t − 1 (None without a context). `context` is c_t (the last one read).
+
+    `offset` is added to every decoded observation of the rollout (raw scale): zero, or with
+    `start(anchor=True)` the decoder's reconstruction error at the real start, o_t − dec(s_t)."""
 
     recurrent: torch.Tensor
     stochastic: torch.Tensor
@@ -136,6 +139,7 @@ class ImaginedState:
     prev_reward: torch.Tensor
     tokens: torch.Tensor | None
     context: torch.Tensor
+    offset: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -284,9 +288,14 @@ class WorldModel(nn.Module):
         """Predicted observations in the raw scale, zero-padded: [B, ..., O]."""
         return self.denormalize_obs(self.decoder(features, domain), domain)
 
-    def start(self, predictions: Predictions, batch: Batch, step: int) -> ImaginedState:
+    def start(self, predictions: Predictions, batch: Batch, step: int, anchor: bool = False) -> ImaginedState:
         """The rollout state at real step `step` of a window's posterior pass: (h, z) inferred from
-        o_0..o_step, the real o_step and r_{step−1}, and the context window up to transition step−1."""
+        o_0..o_step, the real o_step and r_{step−1}, and the context window up to transition step−1.
+
+        `anchor` makes the rollout's decoded observations ô + (o_step − dec(s_step)): the decoder's
+        error where the real observation is known, carried forward as a bias correction, so that
+        an imagined transition's change starts from the real o_step rather than from its blurred
+        reconstruction (measured in benchmarks/README.md, "Adaptation against plain SAC")."""
         latents = predictions.latents
         reward = batch["reward"]
         tokens = None
@@ -300,6 +309,7 @@ class WorldModel(nn.Module):
             prev_reward=reward[:, step - 1] if step > 0 else torch.zeros_like(reward[:, 0]),
             tokens=tokens,
             context=predictions.context[:, step],
+            offset=batch["obs"][:, step] - self.denormalize_obs(predictions.obs[:, step], batch["domain"]) if anchor else None,
         )
 
     def step(
@@ -321,7 +331,9 @@ class WorldModel(nn.Module):
         )
         reward = self.twohot.mean(self.reward_head(features))
         obs = self.decode(features, domain)
-        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context), reward
+        if state.offset is not None:
+            obs = obs + state.offset
+        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context, state.offset), reward
 
     def rollout(
         self,
