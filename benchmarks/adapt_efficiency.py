@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sac-steps", type=int, default=20_000, help="steps of each domain's behaviour agent")
     parser.add_argument("--episodes-per-scenario", type=int, default=4, help="per training scenario and policy")
     parser.add_argument("--episode-steps", type=int, default=250, help="steps per episode, data and adaptation")
-    parser.add_argument("--wm-steps", type=int, default=2000, help="world-model gradient steps")
+    parser.add_argument("--wm-steps", type=int, default=10_000, help="world-model gradient steps")
     parser.add_argument("--wm-lr", type=float, default=1e-3)
     parser.add_argument("--obs-normalization", default="symlog", choices=["symlog", "standardize"],
                         help="model.world_model.obs_normalization of the world model")

@@ -99,7 +99,7 @@ class AdaptationConfig:
     rollout_every: int = 250
     rollout_batch: int = 1000
     rollout_samples: int = 4
-    anchor_observations: bool = False
+    anchor_observations: bool = True
     uncertainty: str = "truncate"
     uncertainty_threshold: float = 0.5
     uncertainty_penalty: float = 1.0
