@@ -78,7 +78,7 @@ SMOKE = dict(train_scenarios=2, behaviour="random", episodes_per_scenario=2, epi
 PLAIN_SAC_FIELDS = ("env_steps", "episode_steps", "warmup_steps", "updates_per_step", "eval_every", "eval_episodes", "sac")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", default="cheetah,walker", help="comma-separated, one target each")
     parser.add_argument("--adapt-domains", default=None, help="adapt to these domains' targets only (default: all)")
@@ -107,7 +107,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
