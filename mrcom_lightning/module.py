@@ -41,6 +41,7 @@ class MrCoM(L.LightningModule):
         kl_dynamics: scale of KL(sg q‖p) (DreamerV3).
         kl_representation: scale of KL(q‖sg p) (DreamerV3).
         free_nats: KL clipped below at this many nats (DreamerV3's free bits).
+        reward_weight: scale of the reward term −log p(r | s) inside L_wm (1 is Eq. 10 as written).
         value_tau: Polyak rate of the scenario values' target network.
         open_loop_horizon: H of the open-loop prediction metric.
         compile: `torch.compile` the world model (GPU option).
@@ -59,6 +60,7 @@ class MrCoM(L.LightningModule):
         kl_dynamics: float = 0.5,
         kl_representation: float = 0.1,
         free_nats: float = 1.0,
+        reward_weight: float = 1.0,
         value_tau: float = 0.005,
         open_loop_horizon: int = 15,
         compile: bool = False,
@@ -66,7 +68,8 @@ class MrCoM(L.LightningModule):
         super().__init__()
         if not domain_dims:
             raise ValueError("model.domain_dims is empty: it is linked from the datamodule (data.domain_dims)")
-        for name, value in (("w_wm", w_wm), ("w_ms", w_ms), ("w_mv", w_mv), ("weight_decay", weight_decay)):
+        for name, value in (("w_wm", w_wm), ("w_ms", w_ms), ("w_mv", w_mv), ("weight_decay", weight_decay),
+                            ("reward_weight", reward_weight)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value!r}")
         if lr <= 0:
@@ -85,6 +88,7 @@ class MrCoM(L.LightningModule):
             kl_dynamics=kl_dynamics,
             kl_representation=kl_representation,
             free_nats=free_nats,
+            reward_weight=reward_weight,
         )
         self.ms_loss = MetaStateLoss(free_nats=free_nats) if w_ms > 0 else None
         self.value_loss = ValueLoss(world_model.discount) if w_mv > 0 else None

@@ -37,6 +37,16 @@ def test_losses_are_finite_and_named():
     assert predictions.obs.shape == (batch, steps + 1, 17) and predictions.reward.shape == (batch, steps)
 
 
+def test_reward_weight_scales_the_reward_term_of_the_world_model_loss():
+    batch = synthetic_batch()
+    torch.manual_seed(1)
+    plain, _ = make_model().losses(batch)
+    torch.manual_seed(1)
+    weighted, _ = make_model(reward_weight=3.0).losses(batch)
+    torch.testing.assert_close(weighted["reward"], plain["reward"])
+    torch.testing.assert_close(weighted["wm"], plain["wm"] + 2.0 * plain["reward"])
+
+
 def test_bf16_autocast_trains_with_float32_predictions():
     """`--trainer.precision bf16-mixed`: the per-domain modules compute in bf16 under autocast,
     the decoded observations the losses read stay float32, and every parameter gets a gradient."""
@@ -243,6 +253,7 @@ def test_nan_loss_stops_with_the_term_named(monkeypatch):
     "kwargs, key",
     [
         (dict(w_ms=-1.0), "model.w_ms"),
+        (dict(reward_weight=-1.0), "model.reward_weight"),
         (dict(lr=0.0), "model.lr"),
         (dict(domain_dims={}), "model.domain_dims"),
     ],

@@ -55,10 +55,12 @@ class WorldModelLoss(nn.Module):
         kl_dynamics: float = 0.5,
         kl_representation: float = 0.1,
         free_nats: float = 1.0,
+        reward_weight: float = 1.0,
     ):
         super().__init__()
         self.reward_nll = reward_nll
         self.kl_dynamics, self.kl_representation, self.free_nats = kl_dynamics, kl_representation, free_nats
+        self.reward_weight = reward_weight
 
     def forward(self, predictions: Predictions, batch: Batch) -> dict[str, torch.Tensor]:
         p, latents = predictions, predictions.latents
@@ -70,7 +72,7 @@ class WorldModelLoss(nn.Module):
         terms["kl_z"], terms["kl_z_value"] = balanced_kl(latents.posterior, latents.prior, **kl)
         if latents.auxiliary_posterior is not None:
             terms["kl_u"], terms["kl_u_value"] = balanced_kl(latents.auxiliary_posterior, latents.auxiliary_prior, **kl)
-        terms["wm"] = terms["obs"] + terms["reward"] + terms["kl_z"] + terms.get("kl_u", 0.0)
+        terms["wm"] = terms["obs"] + self.reward_weight * terms["reward"] + terms["kl_z"] + terms.get("kl_u", 0.0)
         return terms
 
 
