@@ -15,10 +15,11 @@ measures, on each domain's held-out target episodes (256 windows, burn-in 16):
   model's frozen posterior features: if it does no better than the model's own head, the latent,
   not the head, limits the reward.
 
-    python benchmarks/model_fidelity.py --steps 4000 --variants '{"symlog": {}, "standardize": {"wm": {"obs_normalization": "standardize"}}}'
+    python benchmarks/model_fidelity.py --steps 4000 --seeds 0,1,2 --variants '{"symlog": {}, "standardize": {"wm": {"obs_normalization": "standardize"}}}'
 
 The last line is `standardize_over_symlog_anchored_h1=<ratio of the anchored one-step errors,
-mean over domains>` when both variants ran (`nan` otherwise).
+mean over domains and seeds> p=<Welch p over seeds> seeds=<n>` (`nan` where a variant or a
+second seed is missing).
 """
 
 import os
@@ -42,6 +43,7 @@ from common import train_world_model  # noqa: E402
 
 from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
 from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
+from mrcom_lightning.compare import welch_p_value  # noqa: E402
 from mrcom_lightning.data.collect import collect  # noqa: E402
 from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
@@ -113,6 +115,7 @@ def main() -> None:
                         help="JSON: name -> MrCoM arguments (WorldModelConfig fields under 'wm')")
     parser.add_argument("--steps", type=int, default=4000, help="training steps per variant")
     parser.add_argument("--probe-steps", type=int, default=0, help="fit a fresh reward head this long (0: no probe)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (each variant is trained once per seed)")
     parser.add_argument("--out", default=str(bench.RESULTS / "adapt_efficiency"), help="adapt_efficiency.py's --out (its data)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -123,11 +126,12 @@ def main() -> None:
     store = EpisodeStore(dataset.root)
     datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=bench.REDUCED.context_length,
                                          batch_size=32)
-    anchored_h1: dict[str, list[float]] = {}
-    for name, kwargs in json.loads(args.variants).items():
+    anchored_h1: dict[str, list[float]] = {}  # per variant: per seed, the mean over domains
+    runs = [(name, kwargs, int(seed)) for seed in args.seeds.split(",") for name, kwargs in json.loads(args.variants).items()]
+    for name, kwargs, seed in runs:
         kwargs = dict(kwargs)
         config = dataclasses.replace(bench.REDUCED, **kwargs.pop("wm", {}))
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios,
                        lr=base.wm_lr, **kwargs)
         if config.obs_normalization == "standardize":
@@ -136,12 +140,13 @@ def main() -> None:
         start = time.perf_counter()
         stream = iter(datamodule.train_stream())
         losses = train_world_model(module, stream, args.steps)
-        print(f"{name}: {args.steps} steps in {time.perf_counter() - start:.0f}s, last losses "
+        print(f"{name}, seed {seed}: {args.steps} steps in {time.perf_counter() - start:.0f}s, last losses "
               f"{ {k: round(v, 3) for k, v in losses.items()} }", flush=True)
+        per_domain = []
         for spec in dataset.scenarios.test_id:
             batch = target_batch(module, store, spec)
             f = fidelity(module, batch)
-            anchored_h1.setdefault(name, []).append(f["anchored"][0])
+            per_domain.append(f["anchored"][0])
             line = (f"  {spec.domain:8s} reconstruction/change (median dim) {f['reconstruction_median']:.2f} | observation "
                     f"h1..{HORIZON}: sampled {np.round(f['sampled'], 2)}, anchored {np.round(f['anchored'], 2)}, naive "
                     f"{np.round(f['naive'], 2)} | reward h1 {f['reward_h1']:.5f} (naive {f['naive_reward_h1']:.5f}), "
@@ -149,9 +154,15 @@ def main() -> None:
             if args.probe_steps:
                 line += f", fresh head on frozen features {probe(module, stream, args.probe_steps, batch):.5f}"
             print(line, flush=True)
-    ratio = (float(np.mean(anchored_h1["standardize"]) / np.mean(anchored_h1["symlog"]))
-             if {"standardize", "symlog"} <= anchored_h1.keys() else math.nan)
-    print(f"standardize_over_symlog_anchored_h1={ratio:.3f}")
+        anchored_h1.setdefault(name, []).append(float(np.mean(per_domain)))
+    print("anchored one-step error, mean over domains, mean ± std over seeds: " + ", ".join(
+        f"{name} {np.mean(v):.2f} ± {np.std(v):.2f}" for name, v in anchored_h1.items()))
+    ratio, p = math.nan, math.nan
+    if {"standardize", "symlog"} <= anchored_h1.keys():
+        ratio = float(np.mean(anchored_h1["standardize"]) / np.mean(anchored_h1["symlog"]))
+        if len(anchored_h1["symlog"]) > 1:
+            p = welch_p_value(anchored_h1["standardize"], anchored_h1["symlog"])
+    print(f"standardize_over_symlog_anchored_h1={ratio:.3f} p={p:.3g} seeds={len(args.seeds.split(','))}")
 
 
 if __name__ == "__main__":
