@@ -81,7 +81,8 @@ class AdaptationConfig:
             forecast on the newest real transitions (observation and reward, h = 1..horizon).
         safeguard_windows: real windows per round that the safeguard measures the model on.
         fine_tune: train the world model on the target's real data as it arrives (measured in
-            benchmarks/README.md: with the safeguard off it made the rollouts harmful; see there).
+            benchmarks/README.md: unguarded, it made a 2000-step model's sampled rollouts harmful,
+            0.24× SAC; with anchored rollouts of a model faithful per dim it did not, 0.89×, p = 0.53).
         fine_tune_steps: world-model gradient steps per rollout round when fine-tuning.
         fine_tune_batch: windows per fine-tuning step.
         fine_tune_lr: learning rate (AdamW) of that fine-tuning.
