@@ -42,11 +42,11 @@ def imagine(
     observations (the target's own sizes): the real o_t first, then the decoded ones.
 
     `anchor` corrects every decoded observation by the decoder's error at the real start
-    (`WorldModel.start`). Each start is rolled out `samples` = K times with the same actions (the policy acts on the
-    first copy's observations), so the copies differ only by the model's own sampling: the
-    `disagreement` of a transition is the standard deviation across its start's copies of the
-    predicted next observation (normalised space, mean over the real dims) plus that of the
-    predicted reward, a per-start uncertainty (the copies of one start share it).
+    (`WorldModel.start`). Each start is rolled out `samples` = K times with the same actions (the
+    policy acts on the first copy's observations), so the copies differ only by the model's own
+    sampling: the `disagreement` of a transition is the standard deviation across its start's
+    copies of the predicted next observation (normalised space, mean over the real dims) plus that
+    of the predicted reward, a per-start uncertainty (the copies of one start share it).
 
     Returns transitions of the target's own sizes, [N·K·H, ·], ordered (start, copy, step):
     `obs, action, reward, next_obs, done` (done is 0: DMC episodes have a fixed length),
@@ -98,7 +98,7 @@ def per_dim_relative_errors(
     jump the real system does not make. A plain MSE over dims hides that: in raw or symlog units
     the velocities' large errors outweigh every joint angle, so a model can beat the naive
     forecast on the mean while missing each angle's change many times over (measured in
-    benchmarks/README.md, "Adaptation against plain SAC")."""
+    benchmarks/README.md, "Why the model's data hurt: the second look")."""
     weight = mask[:, None, :].to(real.dtype)
     rows = weight.sum(0).clamp(min=1)
 
@@ -118,8 +118,7 @@ def open_loop_errors(world_model: WorldModel, batch: Batch, horizon: int, anchor
     `batch` holds windows (of one domain) of b + `horizon` real transitions: the posterior pass
     reads the first b (burn-in), then the model imagines the last `horizon` with the real actions.
     The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor` as in
-    `imagine`. Returns `[H]`
-    means over the windows: `model_obs`, `naive_obs` (`per_dim_relative_errors`: squared errors
+    `imagine`. Returns `[H]` means over the windows: `model_obs`, `naive_obs` (`per_dim_relative_errors`: squared errors
     in units of each dim's one-step change, mean over the real dims, so naive_obs[0] = 1),
     `model_reward`, `naive_reward` (MSE)."""
     burn_in = batch["action"].shape[1] - horizon
