@@ -169,8 +169,8 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM
 def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 256, horizon: int = 5) -> dict:
     """The model's open-loop errors (h = 1 and h = `horizon`) on the target's held-out behaviour
     episodes, which it never trained on, beside the naive forecast's (`open_loop_errors`; the
-    observations' also anchored, as adaptation imagines them by default), and its reward error
-    with the posterior latents (teacher-forced): how good its data can be."""
+    observations' and rewards' also anchored, as adaptation imagines them by default), and its
+    reward error with the posterior latents (teacher-forced): how good its data can be."""
     domain = module.domains.index(spec.domain)
     store = EpisodeStore(dataset.root)
     history = RealHistory(module.obs_dims[domain], module.act_dims[domain])
@@ -184,10 +184,12 @@ def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 25
         torch.manual_seed(0)
         errors = open_loop_errors(module.world_model, batch, horizon)
         torch.manual_seed(0)
-        anchored = open_loop_errors(module.world_model, batch, horizon, anchor=True)["model_obs"]
+        anchored = open_loop_errors(module.world_model, batch, horizon, anchor=True, anchor_reward=True)
         posterior = ((module.world_model.predict(batch).reward - batch["reward"]) ** 2).mean().item()
     return ({f"{key}_h{h}": errors[key][h - 1].item() for key in errors for h in (1, horizon)}
-            | {f"anchored_obs_h{h}": anchored[h - 1].item() for h in (1, horizon)} | {"posterior_reward": posterior})
+            | {f"anchored_{kind}_h{h}": anchored[f"model_{kind}"][h - 1].item() for kind in ("obs", "reward")
+               for h in (1, horizon)}
+            | {"posterior_reward": posterior})
 
 
 def run(target, config: AdaptationConfig, module, use_model: bool, seed: int, path: Path, args) -> dict:
@@ -278,8 +280,9 @@ def main() -> None:
         print(f"  model on the target's held-out behaviour episodes (naive forecast in brackets): observation "
               f"(per-dim relative) h1 {e['model_obs_h1']:.2f}, anchored {e['anchored_obs_h1']:.2f} ({e['naive_obs_h1']:.2f}), "
               f"h5 {e['model_obs_h5']:.2f}, anchored {e['anchored_obs_h5']:.2f} ({e['naive_obs_h5']:.2f}); "
-              f"reward h1 {e['model_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), h5 {e['model_reward_h5']:.5f} "
-              f"({e['naive_reward_h5']:.5f}), from posterior latents {e['posterior_reward']:.5f}")
+              f"reward h1 {e['model_reward_h1']:.5f}, anchored {e['anchored_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), "
+              f"h5 {e['model_reward_h5']:.5f}, anchored {e['anchored_reward_h5']:.5f} ({e['naive_reward_h5']:.5f}), "
+              f"from posterior latents {e['posterior_reward']:.5f}")
         for method in ("mrcom", "sac"):
             runs = []
             for seed in seeds:

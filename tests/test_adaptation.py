@@ -385,25 +385,25 @@ def test_observation_errors_are_measured_in_each_dims_own_one_step_change():
     torch.testing.assert_close(padded[0], model)
 
 
-@pytest.mark.parametrize("anchor", [False, True])
+@pytest.mark.parametrize("anchor", [(False, False), (True, False), (False, True)])
 def test_the_safeguard_measures_the_rollouts_the_agent_gets(monkeypatch, anchor):
     calls = []
     original_imagine, original_errors = loop.imagine, rounds.open_loop_errors
 
     def recording_imagine(*args):
-        calls.append(("imagine", args[-1]))
+        calls.append(("imagine", args[-2:]))
         return original_imagine(*args)
 
     def recording_errors(*args):
-        calls.append(("safeguard", args[-1]))
+        calls.append(("safeguard", args[-2:]))
         return original_errors(*args)
 
     monkeypatch.setattr(loop, "imagine", recording_imagine)
     monkeypatch.setattr(rounds, "open_loop_errors", recording_errors)
-    adapt(HOPPER, tiny_config(safeguard=False, anchor_observations=anchor), tiny_model(), use_model=True, seed=0,
-          progress=False)
+    adapt(HOPPER, tiny_config(safeguard=False, anchor_observations=anchor[0], anchor_rewards=anchor[1]), tiny_model(),
+          use_model=True, seed=0, progress=False)
     assert {kind for kind, _ in calls} == {"imagine", "safeguard"}
-    assert all(value is anchor for _, value in calls)
+    assert all(value == anchor for _, value in calls)
 
 
 def test_model_updates_are_made_only_while_the_pool_holds_trusted_transitions(monkeypatch):

@@ -169,3 +169,32 @@ def test_anchored_rollouts_start_from_the_real_observation_whatever_the_decoders
     torch.testing.assert_close(state.offset, batch["obs"][:, 6] - reconstruction)
     unanchored, _ = rollout(0.5, False)
     assert not torch.allclose(unanchored.next_obs, plain.next_obs)
+
+
+def test_anchored_rewards_are_the_last_real_reward_plus_the_predicted_change(monkeypatch):
+    """`start(anchor_reward=True)` adds r_{t−1} − r̂_{t−1} to every predicted reward: a reward head
+    that is off by a constant gives the same anchored rewards as one that is not."""
+    model = make_model()
+    wm, batch = model.world_model, synthetic_batch()
+    expectation = wm.twohot.mean
+
+    def rollout(shift: float, anchor_reward: bool):
+        monkeypatch.setattr(wm.twohot, "mean", lambda logits: expectation(logits) + shift)
+        with torch.no_grad():
+            torch.manual_seed(0)
+            predictions = wm.predict(batch)
+            state = wm.start(predictions, batch, 6, anchor_reward=anchor_reward)
+            torch.manual_seed(1)
+            out = wm.rollout(state, batch["action"][:, 6:9], 3, batch["domain"])
+        return out, state, predictions
+
+    (plain, state, predictions), (biased, _, _) = rollout(0.0, True), rollout(0.5, True)
+    torch.testing.assert_close(biased.reward, plain.reward)
+    torch.testing.assert_close(state.reward_offset, batch["reward"][:, 5] - predictions.reward[:, 5])
+    unanchored, _, _ = rollout(0.0, False)
+    # The first imagined step reads the same real context either way (later ones read the anchored rewards).
+    torch.testing.assert_close(plain.reward[:, 0], unanchored.reward[:, 0] + state.reward_offset)
+    assert not torch.allclose(rollout(0.5, False)[0].reward, plain.reward)
+    # At the first real step no reward is known: no offset.
+    with torch.no_grad():
+        assert torch.count_nonzero(wm.start(predictions, batch, 0, anchor_reward=True).reward_offset) == 0

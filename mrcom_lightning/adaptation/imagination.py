@@ -33,6 +33,7 @@ def imagine(
     act_dim: int,
     samples: int = 1,
     anchor: bool = False,
+    anchor_reward: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Rollouts of `horizon` steps from the latent states at the end of real windows.
 
@@ -41,7 +42,8 @@ def imagine(
     priors, each imagined transition entering the context window, while `policy` acts on the
     observations (the target's own sizes): the real o_t first, then the decoded ones.
 
-    `anchor` corrects every decoded observation by the decoder's error at the real start
+    `anchor` corrects every decoded observation by the decoder's error at the real start,
+    `anchor_reward` every predicted reward by the reward head's error on the last real reward
     (`WorldModel.start`). Each start is rolled out `samples` = K times with the same actions (the
     policy acts on the first copy's observations), so the copies differ only by the model's own
     sampling: the `disagreement` of a transition is the standard deviation across its start's
@@ -54,7 +56,7 @@ def imagine(
     of policy learning.
     """
     predictions = world_model.predict(batch)
-    start = _repeated(world_model.start(predictions, batch, batch["action"].shape[1], anchor), samples)
+    start = _repeated(world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward), samples)
     domain = batch["domain"].repeat_interleave(samples)
     act_max = batch["action"].shape[-1]
     starts = batch["domain"].shape[0]
@@ -112,13 +114,15 @@ def per_dim_relative_errors(
 
 
 @torch.no_grad()
-def open_loop_errors(world_model: WorldModel, batch: Batch, horizon: int, anchor: bool = False) -> dict[str, torch.Tensor]:
+def open_loop_errors(
+    world_model: WorldModel, batch: Batch, horizon: int, anchor: bool = False, anchor_reward: bool = False
+) -> dict[str, torch.Tensor]:
     """The model's errors on real transitions against the naive forecast, per horizon step.
 
     `batch` holds windows (of one domain) of b + `horizon` real transitions: the posterior pass
     reads the first b (burn-in), then the model imagines the last `horizon` with the real actions.
-    The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor` as in
-    `imagine`. Returns `[H]` means over the windows: `model_obs`, `naive_obs` (`per_dim_relative_errors`: squared errors
+    The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor` and
+    `anchor_reward` as in `imagine`. Returns `[H]` means over the windows: `model_obs`, `naive_obs` (`per_dim_relative_errors`: squared errors
     in units of each dim's one-step change, mean over the real dims, so naive_obs[0] = 1),
     `model_reward`, `naive_reward` (MSE)."""
     burn_in = batch["action"].shape[1] - horizon
@@ -126,7 +130,7 @@ def open_loop_errors(world_model: WorldModel, batch: Batch, horizon: int, anchor
         raise ValueError(f"open-loop windows need a burn-in: {batch['action'].shape[1]} transitions for horizon {horizon}")
     domain = batch["domain"]
     predictions = world_model.predict(batch)
-    state = world_model.start(predictions, batch, burn_in, anchor)
+    state = world_model.start(predictions, batch, burn_in, anchor, anchor_reward)
     rollout = world_model.rollout(state, batch["action"][:, burn_in:], horizon, domain)
     model_obs, naive_obs = per_dim_relative_errors(
         rollout.next_obs, batch["obs"][:, burn_in + 1 :], batch["obs"][:, burn_in : burn_in + 1], world_model.obs_mask[domain]

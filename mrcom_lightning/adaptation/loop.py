@@ -67,6 +67,9 @@ class AdaptationConfig:
         anchor_observations: add the decoder's error at each rollout's real start, o_t − dec(s_t),
             to the rollout's decoded observations (and in the safeguard's measurement), so that
             imagined changes start from the real observation, not from its reconstruction.
+        anchor_rewards: likewise add the reward head's error on the last real reward, r_{t−1} − r̂_{t−1},
+            to the rollout's rewards: imagined rewards are the last real reward plus the model's
+            predicted change, and a model biased in the target cannot hand the agent that bias.
         uncertainty: "truncate" cuts a rollout before its first step whose disagreement exceeds
             `uncertainty_threshold`; "penalty" uses r − `uncertainty_penalty` · disagreement (MOPO);
             "none" keeps every step.
@@ -101,6 +104,7 @@ class AdaptationConfig:
     rollout_batch: int = 1000
     rollout_samples: int = 4
     anchor_observations: bool = True
+    anchor_rewards: bool = True
     uncertainty: str = "truncate"
     uncertainty_threshold: float = 0.5
     uncertainty_penalty: float = 1.0
@@ -299,7 +303,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                                       max(module.obs_dims), max(module.act_dims), device)
                 if batch is not None:
                     rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim,
-                                       config.rollout_samples, config.anchor_observations)
+                                       config.rollout_samples, config.anchor_observations, config.anchor_rewards)
                     kept = imagined_transitions(rollouts, config, trusted)
                     model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
                     imagined += len(kept["reward"])

@@ -52,7 +52,8 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
                           max(module.act_dims), device, newest=config.rollout_every)
     if batch is None:
         return (0 if config.safeguard else config.horizon), {}
-    errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations)
+    errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
+                              config.anchor_rewards)
     beats = (errors["model_obs"] < errors["naive_obs"]) & (errors["model_reward"] < errors["naive_reward"])
     trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
     return trusted, {

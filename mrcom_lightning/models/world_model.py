@@ -131,7 +131,9 @@ class ImaginedState:
     transition t − 1 (None without a context). `context` is c_t (the last one read).
 
     `offset` is added to every decoded observation of the rollout (raw scale): zero, or with
-    `start(anchor=True)` the decoder's reconstruction error at the real start, o_t − dec(s_t)."""
+    `start(anchor=True)` the decoder's reconstruction error at the real start, o_t − dec(s_t).
+    `reward_offset` likewise to every predicted reward: with `start(anchor_reward=True)` the
+    reward head's error on the last real reward, r_{t−1} − r̂_{t−1}."""
 
     recurrent: torch.Tensor
     stochastic: torch.Tensor
@@ -140,6 +142,7 @@ class ImaginedState:
     tokens: torch.Tensor | None
     context: torch.Tensor
     offset: torch.Tensor | None = None
+    reward_offset: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -288,14 +291,20 @@ class WorldModel(nn.Module):
         """Predicted observations in the raw scale, zero-padded: [B, ..., O]."""
         return self.denormalize_obs(self.decoder(features, domain), domain)
 
-    def start(self, predictions: Predictions, batch: Batch, step: int, anchor: bool = False) -> ImaginedState:
+    def start(
+        self, predictions: Predictions, batch: Batch, step: int, anchor: bool = False, anchor_reward: bool = False
+    ) -> ImaginedState:
         """The rollout state at real step `step` of a window's posterior pass: (h, z) inferred from
         o_0..o_step, the real o_step and r_{step−1}, and the context window up to transition step−1.
 
         `anchor` makes the rollout's decoded observations ô + (o_step − dec(s_step)): the decoder's
         error where the real observation is known, carried forward as a bias correction, so that
         an imagined transition's change starts from the real o_step rather than from its blurred
-        reconstruction (measured in benchmarks/README.md, "Adaptation against plain SAC")."""
+        reconstruction (measured in benchmarks/README.md, "Adaptation against plain SAC").
+
+        `anchor_reward` does the same for the rewards: r̂ + (r_{step−1} − r̂_{step−1}), with r̂_{step−1}
+        the reward head's reading of the posterior s_step (zero offset at step 0, where no reward is
+        known), so that imagined rewards are the last real reward plus the model's predicted change."""
         latents = predictions.latents
         reward = batch["reward"]
         tokens = None
@@ -310,6 +319,9 @@ class WorldModel(nn.Module):
             tokens=tokens,
             context=predictions.context[:, step],
             offset=batch["obs"][:, step] - self.denormalize_obs(predictions.obs[:, step], batch["domain"]) if anchor else None,
+            reward_offset=(
+                (reward[:, step - 1] - predictions.reward[:, step - 1]) if step > 0 else torch.zeros_like(reward[:, 0])
+            ) if anchor_reward else None,
         )
 
     def step(
@@ -330,10 +342,12 @@ class WorldModel(nn.Module):
             state.recurrent, state.stochastic, self.action_tokenizer(action, domain), context
         )
         reward = self.twohot.mean(self.reward_head(features))
+        if state.reward_offset is not None:
+            reward = reward + state.reward_offset
         obs = self.decode(features, domain)
         if state.offset is not None:
             obs = obs + state.offset
-        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context, state.offset), reward
+        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context, state.offset, state.reward_offset), reward
 
     def rollout(
         self,
