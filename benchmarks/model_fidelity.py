@@ -9,8 +9,8 @@ measures, on each domain's held-out target episodes (256 windows, burn-in 16):
   by the dim's mean squared one-step change (the naive forecast's error), median over dims;
 * the open-loop observation error h = 1..5 with real actions in the same per-dim units
   (`per_dim_relative_errors`), sampled and anchored (`WorldModel.start(anchor=True)`), naive = 1 at h = 1;
-* the reward error at h = 1 and from the posterior latents (teacher-forced), against the naive
-  forecast's (repeat the last reward);
+* the reward error at h = 1, sampled and anchored (`start(anchor_reward=True)`), and from the
+  posterior latents (teacher-forced), against the naive forecast's (repeat the last reward);
 * with `--probe-steps N`: a fresh reward head of the same shape fitted N steps on the trained
   model's frozen posterior features: if it does no better than the model's own head, the latent,
   not the head, limits the reward.
@@ -77,13 +77,14 @@ def fidelity(module: MrCoM, batch) -> dict:
     torch.manual_seed(0)
     sampled = open_loop_errors(wm, batch, HORIZON)
     torch.manual_seed(0)
-    anchored = open_loop_errors(wm, batch, HORIZON, anchor=True)
+    anchored = open_loop_errors(wm, batch, HORIZON, anchor=True, anchor_reward=True)
     return {
         "reconstruction_median": float(recon[mask[0]].median()),
         "sampled": sampled["model_obs"].tolist(),
         "anchored": anchored["model_obs"].tolist(),
         "naive": sampled["naive_obs"].tolist(),
         "reward_h1": sampled["model_reward"][0].item(),
+        "anchored_reward_h1": anchored["model_reward"][0].item(),
         "naive_reward_h1": sampled["naive_reward"][0].item(),
         "posterior_reward": ((predictions.reward - batch["reward"]) ** 2).mean().item(),
     }
@@ -149,7 +150,8 @@ def main() -> None:
             per_domain.append(f["anchored"][0])
             line = (f"  {spec.domain:8s} reconstruction/change (median dim) {f['reconstruction_median']:.2f} | observation "
                     f"h1..{HORIZON}: sampled {np.round(f['sampled'], 2)}, anchored {np.round(f['anchored'], 2)}, naive "
-                    f"{np.round(f['naive'], 2)} | reward h1 {f['reward_h1']:.5f} (naive {f['naive_reward_h1']:.5f}), "
+                    f"{np.round(f['naive'], 2)} | reward h1 {f['reward_h1']:.5f}, anchored {f['anchored_reward_h1']:.5f} "
+                    f"(naive {f['naive_reward_h1']:.5f}), "
                     f"posterior {f['posterior_reward']:.5f}")
             if args.probe_steps:
                 line += f", fresh head on frozen features {probe(module, stream, args.probe_steps, batch):.5f}"
