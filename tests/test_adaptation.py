@@ -234,6 +234,7 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(uncertainty="ensemble"), "adaptation.uncertainty"),
         (dict(uncertainty_threshold=-1.0), "adaptation.uncertainty_threshold"),
         (dict(safeguard_windows=0), "adaptation.safeguard_windows"),
+        (dict(safeguard_reward_tolerance=0.5), "adaptation.safeguard_reward_tolerance"),
         (dict(fine_tune_lr=0.0), "adaptation.fine_tune_lr"),
     ],
 )
@@ -340,6 +341,18 @@ def test_the_safeguard_trusts_the_horizons_where_the_model_beats_the_naive_forec
     assert horizons == [2] * expected_rounds(config)
     assert result.imagined == expected_rounds(config) * config.rollout_batch * config.rollout_samples * 2
     assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {2.0}
+
+
+@pytest.mark.parametrize(("tolerance", "trusted"), [(1.0, 0), (1.9, 2), (3.0, 5)])
+def test_the_safeguards_reward_tolerance(monkeypatch, tolerance, trusted):
+    # Observations beat naive everywhere; the reward error is 1.5, 1.5, 2.0, 1.5, 1.5 × naive's.
+    errors = {"model_obs": torch.full((5,), 0.5), "naive_obs": torch.ones(5),
+              "model_reward": torch.tensor([1.5, 1.5, 2.0, 1.5, 1.5]), "naive_reward": torch.ones(5)}
+    monkeypatch.setattr(rounds, "open_loop_errors", lambda *args: errors)
+    config = tiny_config(horizon=5, safeguard_reward_tolerance=tolerance)
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {float(trusted)}
+    assert (result.imagined > 0) == (trusted > 0)
 
 
 CHEETAH = ScenarioSpec("cheetah", target_speed=0.1, seed=3)

@@ -83,6 +83,11 @@ class AdaptationConfig:
         safeguard: keep imagined steps only at horizons where the model currently beats the naive
             forecast on the newest real transitions (observation and reward, h = 1..horizon).
         safeguard_windows: real windows per round that the safeguard measures the model on.
+        safeguard_reward_tolerance: the safeguard trusts a horizon step whose reward error is below
+            this multiple of the naive forecast's (1: strictly better, the default). Observations
+            are always held to 1. A model that predicts the reward's change no better than zero
+            change can still carry useful transitions (measured in benchmarks/README.md): this is
+            the knob for that trade, a broken model's errors are far above any small multiple.
         fine_tune: train the world model on the target's real data as it arrives (measured in
             benchmarks/README.md: unguarded, it made a 2000-step model's sampled rollouts harmful,
             0.24× SAC; with anchored rollouts of a model faithful per dim it did not, 0.89×, p = 0.53).
@@ -113,6 +118,7 @@ class AdaptationConfig:
     history_length: int = 16
     safeguard: bool = True
     safeguard_windows: int = 64
+    safeguard_reward_tolerance: float = 1.0
     fine_tune: bool = True
     fine_tune_steps: int = 20
     fine_tune_batch: int = 16
@@ -134,6 +140,8 @@ class AdaptationConfig:
             raise ValueError(f"adaptation.real_ratio must be in (0, 1], got {self.real_ratio!r}")
         if self.uncertainty not in UNCERTAINTY:
             raise ValueError(f"adaptation.uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
+        if self.safeguard_reward_tolerance < 1:
+            raise ValueError(f"adaptation.safeguard_reward_tolerance must be >= 1, got {self.safeguard_reward_tolerance!r}")
         if self.fine_tune_lr <= 0:
             raise ValueError(f"adaptation.fine_tune_lr must be > 0, got {self.fine_tune_lr!r}")
         if self.history_length >= self.episode_steps:

@@ -46,7 +46,8 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
     Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
     seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
     trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
-    both the observation and the reward error. 0 while no such window exists."""
+    both the observation and the reward error (the reward's within `safeguard_reward_tolerance`
+    times the naive forecast's). 0 while no such window exists."""
     batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
                           module.world_model.config.context_length, rng, domain, max(module.obs_dims),
                           max(module.act_dims), device, newest=config.rollout_every)
@@ -54,7 +55,9 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
         return (0 if config.safeguard else config.horizon), {}
     errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
                               config.anchor_rewards)
-    beats = (errors["model_obs"] < errors["naive_obs"]) & (errors["model_reward"] < errors["naive_reward"])
+    beats = (errors["model_obs"] < errors["naive_obs"]) & (
+        errors["model_reward"] < config.safeguard_reward_tolerance * errors["naive_reward"]
+    )
     trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
     return trusted, {
         "charts/model_one_step_error": errors["model_obs"][0].item(),
