@@ -11,19 +11,23 @@ CPU-sized budget:
    `mix` data (its replay) and the `expert` and `medium` episodes; `random` is cheaper.
    Collected into `--out/data` and reused by later runs with the same settings.
 2. world model: one MrCoM over all the domains, of reduced sizes (embedding 64, hidden 128, z 32,
-   h 64, u 8; the paper's are 128/256/128/128), trained for `--wm-steps` steps of `module.losses`
-   on the datamodule's training stream (batch 32, windows of 16 steps, prompts of 8); saved to
+   h 64, u 8; the paper's are 128/256/128/128), observations standardised per domain and dim
+   (`--obs-normalization`; symlog's joint angles are several times less faithful, measured by
+   model_fidelity.py), trained for `--wm-steps` steps of `module.losses` on the datamodule's
+   training stream (batch 32, windows of 16 steps, prompts of 8); saved to
    `--out/model-<digest of its settings>.pt` and reused.
 3. adaptation: `adapt(use_model=True)` (the loop's defaults: fine-tuning, large rollout rounds,
-   K = 4 samples per start with truncation where they disagree, the naive-forecast safeguard,
-   real share 0.5) and `adapt(use_model=False)` (plain SAC), same real steps, same SAC settings,
+   K = 4 samples per start with truncation where they disagree, rollouts anchored at their real
+   start, the naive-forecast safeguard, real share 0.5, extra updates while the pool holds
+   trusted data) and `adapt(use_model=False)` (plain SAC), same real steps, same SAC settings,
    same seeds, scored on the same evaluation episodes every `--eval-every` real steps. Each
    run's curve is written to `--out/runs/<method>-<hash of its settings>/` as it finishes, and a
    rerun with the same settings loads it. `--set KEY=VALUE` changes an `AdaptationConfig` field
    for the MrCoM runs (ablations, which share the SAC runs).
 
 Reported: per domain and method the final score mean ± std over seeds, Welch's t-test per
-domain and over all runs (scores divided by the domain's SAC mean), the learning curves
+domain and over all runs (scores divided by the domain's SAC mean), the area under each run's
+curve (its mean score over the evaluations) against SAC's with its Welch p, the learning curves
 (`--out/curves.png`, `--out/curves.json`), and the real steps after which MrCoM's mean curve first
 reaches plain SAC's final mean score.
 
@@ -92,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episode-steps", type=int, default=250, help="steps per episode, data and adaptation")
     parser.add_argument("--wm-steps", type=int, default=10_000, help="world-model gradient steps")
     parser.add_argument("--wm-lr", type=float, default=1e-3)
-    parser.add_argument("--obs-normalization", default="symlog", choices=["symlog", "standardize"],
+    parser.add_argument("--obs-normalization", default="standardize", choices=["symlog", "standardize"],
                         help="model.world_model.obs_normalization of the world model")
     parser.add_argument("--env-steps", type=int, default=10_000, help="real steps of each adaptation (the budget)")
     parser.add_argument("--warmup-steps", type=int, default=1000)
