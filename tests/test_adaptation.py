@@ -42,8 +42,9 @@ TINY = WorldModelConfig(
 TINY_SAC = SACConfig(hidden_dim=32, batch_size=16, warmup_steps=0)
 # 60 real steps in 30-step episodes; rollouts start at step 21 and come every 10 steps: 4 rounds.
 TINY_ADAPT = dict(
-    env_steps=60, episode_steps=30, warmup_steps=20, updates_per_step=1, horizon=2, rollout_every=10, rollout_batch=8,
-    model_pool_rounds=2, history_length=6, fine_tune_steps=2, eval_episodes=1, sac=TINY_SAC,
+    env_steps=60, episode_steps=30, warmup_steps=20, updates_per_step=1, model_updates_per_step=0, horizon=2,
+    rollout_every=10, rollout_batch=8, model_pool_rounds=2, history_length=6, fine_tune_steps=2, eval_episodes=1,
+    sac=TINY_SAC,
 )
 
 
