@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an AdaptationConfig field for the MrCoM runs (repeatable), e.g. real_ratio=0.2")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--methods", default="mrcom,sac", choices=["mrcom,sac", "mrcom", "sac"],
+                        help="run one method alone (e.g. a SAC control at another --updates-per-step): its runs only, no comparison")
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, model, runs and plots")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, into a temporary --out")
     parser.add_argument("--device", default="cpu")
@@ -266,6 +268,8 @@ def main() -> None:
                 "sac": repr({name: getattr(configs["sac"], name) for name in PLAIN_SAC_FIELDS})}
     tags = {m: f"{m}-{hashlib.sha1(s.encode()).hexdigest()[:10]}" for m, s in settings.items()}
     for method, tag in tags.items():
+        if method not in args.methods.split(","):
+            continue
         (out / "runs" / tag).mkdir(parents=True, exist_ok=True)
         (out / "runs" / tag / "config.txt").write_text(repr(configs[method]) + ("\nworld model " + model_digest if method == "mrcom" else "") + "\n")
     print(f"data: {domains}, {args.train_scenarios} training scenarios each, {args.behaviour} behaviour "
@@ -287,7 +291,7 @@ def main() -> None:
               f"reward h1 {e['model_reward_h1']:.5f}, anchored {e['anchored_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), "
               f"h5 {e['model_reward_h5']:.5f}, anchored {e['anchored_reward_h5']:.5f} ({e['naive_reward_h5']:.5f}), "
               f"from posterior latents {e['posterior_reward']:.5f}")
-        for method in ("mrcom", "sac"):
+        for method in args.methods.split(","):
             runs = []
             for seed in seeds:
                 path = out / "runs" / tags[method] / f"{domain}-seed{seed}.json"
@@ -300,6 +304,9 @@ def main() -> None:
                       f"{record['seconds']:5.0f}s  curve " + " ".join(f"{v:.1f}" for v in record["scores"]), flush=True)
             curves[domain][method] = (record["steps"], np.array(runs))
 
+    if args.methods != "mrcom,sac":
+        print(f"runs of {args.methods} only: no comparison; elapsed {time.perf_counter() - start:.0f}s")
+        return
     print("\n| domain | MrCoM | SAC | MrCoM ÷ SAC | Welch p | area under the curve ÷ SAC's (p) | MrCoM reaches SAC's final score at |")
     print("|---|---|---|---|---|---|---|")
     normalised = {"mrcom": [], "sac": []}
