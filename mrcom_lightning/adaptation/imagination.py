@@ -122,9 +122,9 @@ def open_loop_errors(
     `batch` holds windows (of one domain) of b + `horizon` real transitions: the posterior pass
     reads the first b (burn-in), then the model imagines the last `horizon` with the real actions.
     The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor` and
-    `anchor_reward` as in `imagine`. Returns `[H]` means over the windows: `model_obs`, `naive_obs` (`per_dim_relative_errors`: squared errors
-    in units of each dim's one-step change, mean over the real dims, so naive_obs[0] = 1),
-    `model_reward`, `naive_reward` (MSE)."""
+    `anchor_reward` as in `imagine`. Returns `[H]` means over the windows: `model_obs`,
+    `naive_obs` (`per_dim_relative_errors`: squared errors in units of each dim's one-step change,
+    mean over the real dims, so naive_obs[0] = 1), `model_reward`, `naive_reward` (MSE)."""
     burn_in = batch["action"].shape[1] - horizon
     if burn_in < 1:
         raise ValueError(f"open-loop windows need a burn-in: {batch['action'].shape[1]} transitions for horizon {horizon}")
