@@ -236,6 +236,8 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(uncertainty_threshold=-1.0), "adaptation.uncertainty_threshold"),
         (dict(safeguard_windows=0), "adaptation.safeguard_windows"),
         (dict(safeguard_reward_tolerance=0.5), "adaptation.safeguard_reward_tolerance"),
+        (dict(safeguard_memory=1.0), "adaptation.safeguard_memory"),
+        (dict(safeguard_memory=-0.1), "adaptation.safeguard_memory"),
         (dict(fine_tune_lr=0.0), "adaptation.fine_tune_lr"),
     ],
 )
@@ -354,6 +356,26 @@ def test_the_safeguards_reward_tolerance(monkeypatch, tolerance, trusted):
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {float(trusted)}
     assert (result.imagined > 0) == (trusted > 0)
+
+
+@pytest.mark.parametrize(("memory", "trusted"), [(0.0, [5, 0] * 5), (0.5, [5] * 10)])
+def test_the_safeguards_memory_keeps_a_noisy_measure_from_flapping(monkeypatch, memory, trusted):
+    # Rounds alternate between a reward error of 0.6 and 1.1 × naive's: judged alone, every second
+    # round is refused; averaged over rounds (0.6, 0.85, 0.73, ...), the model stays below naive.
+    calls = []
+
+    def alternating(*args):
+        calls.append(None)
+        ratio = 0.6 if len(calls) % 2 else 1.1
+        return {"model_obs": torch.full((5,), 0.5), "naive_obs": torch.ones(5),
+                "model_reward": torch.full((5,), ratio), "naive_reward": torch.ones(5)}
+
+    monkeypatch.setattr(rounds, "open_loop_errors", alternating)
+    config = tiny_config(env_steps=120, horizon=5, safeguard_memory=memory)
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    assert [value for _, value in result.metrics["charts/trusted_horizon"]] == [float(t) for t in trusted]
+    ratios = [value for _, value in result.metrics["charts/safeguard_reward_ratio"]]
+    assert ratios[:3] == pytest.approx([0.6, 1.1, 0.6] if memory == 0 else [0.6, 0.85, 0.725])
 
 
 CHEETAH = ScenarioSpec("cheetah", target_speed=0.1, seed=3)

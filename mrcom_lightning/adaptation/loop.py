@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from mrcom_lightning.adaptation.history import RealHistory
 from mrcom_lightning.adaptation.imagination import imagine
-from mrcom_lightning.adaptation.rounds import fine_tune, imagined_transitions, trusted_horizon
+from mrcom_lightning.adaptation.rounds import ErrorAverage, fine_tune, imagined_transitions, trusted_horizon
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
@@ -90,6 +90,8 @@ class AdaptationConfig:
         safeguard: keep imagined steps only at horizons where the model currently beats the naive
             forecast on the newest real transitions (observation and reward, h = 1..horizon).
         safeguard_windows: real windows per round that the safeguard measures the model on.
+        safeguard_memory: weight of the past rounds in the safeguard's errors (an exponential moving
+            average over rounds; 0: each round is judged on its own windows alone).
         safeguard_reward_tolerance: the safeguard trusts a horizon step whose reward error is below
             this multiple of the naive forecast's (1: strictly better, the default). Observations
             are always held to 1. A model that predicts the reward's change no better than zero
@@ -126,6 +128,7 @@ class AdaptationConfig:
     history_length: int = 16
     safeguard: bool = True
     safeguard_windows: int = 64
+    safeguard_memory: float = 0.0
     safeguard_reward_tolerance: float = 1.0
     fine_tune: bool = True
     fine_tune_steps: int = 20
@@ -148,6 +151,8 @@ class AdaptationConfig:
             raise ValueError(f"adaptation.real_ratio must be in (0, 1], got {self.real_ratio!r}")
         if self.uncertainty not in UNCERTAINTY:
             raise ValueError(f"adaptation.uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
+        if not 0.0 <= self.safeguard_memory < 1.0:
+            raise ValueError(f"adaptation.safeguard_memory must be in [0, 1), got {self.safeguard_memory!r}")
         if self.safeguard_reward_tolerance < 1:
             raise ValueError(f"adaptation.safeguard_reward_tolerance must be >= 1, got {self.safeguard_reward_tolerance!r}")
         if self.fine_tune_lr <= 0:
@@ -276,6 +281,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
     pool_size = config.rollout_batch * config.rollout_samples * config.horizon * config.model_pool_rounds
     model_pool = ReplayBuffer(obs_dim, act_dim, pool_size)
     history = RealHistory(obs_dim, act_dim)
+    safeguard_errors = ErrorAverage(config.safeguard_memory)
     # Imagination acts with its own generator, so that the agent's draws do not depend on it.
     imagination_generator = torch.Generator(device).manual_seed(derive_seed(seed, "imagination policy"))
 
@@ -305,7 +311,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
 
         learning = step > config.warmup_steps
         if use_model and learning and (step - config.warmup_steps - 1) % config.rollout_every == 0:
-            trusted, errors = trusted_horizon(module, history, config, domain_id, model_rng, device)
+            trusted, errors = trusted_horizon(module, history, config, domain_id, model_rng, device, safeguard_errors)
             log.add(errors)
             if optimizer is not None:
                 loss = fine_tune(module, history, config, domain_id, optimizer, model_rng, device)

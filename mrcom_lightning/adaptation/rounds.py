@@ -40,14 +40,34 @@ def fine_tune(module, history: RealHistory, config: AdaptationConfig, domain: in
     return float(np.mean(losses)) if losses else None
 
 
-def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device) -> tuple[int, dict]:
+class ErrorAverage:
+    """The safeguard's errors averaged over rounds: an exponential moving average with weight
+    `memory` on the past (0: each round's own errors). One round measures the model on a few dozen
+    windows of the newest 250 transitions, a noisy figure whose ratio to the naive forecast can
+    jump 1–4× from one round to the next; the average keeps the decision from flapping."""
+
+    def __init__(self, memory: float) -> None:
+        self.memory = memory
+        self.value: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, errors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.value is None:
+            self.value = dict(errors)
+        else:
+            self.value = {key: self.memory * self.value[key] + (1 - self.memory) * value for key, value in errors.items()}
+        return self.value
+
+
+def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device,
+                    average: ErrorAverage | None = None) -> tuple[int, dict]:
     """The safeguard: how many imagined steps the model may contribute now, and its errors.
 
     Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
     seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
     trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
     both the observation and the reward error (the reward's within `safeguard_reward_tolerance`
-    times the naive forecast's). 0 while no such window exists."""
+    times the naive forecast's), both errors averaged over rounds by `average` when one is given.
+    0 while no such window exists."""
     batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
                           module.world_model.config.context_length, rng, domain, max(module.obs_dims),
                           max(module.act_dims), device, newest=config.rollout_every)
@@ -55,8 +75,9 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
         return (0 if config.safeguard else config.horizon), {}
     errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
                               config.anchor_rewards)
-    beats = (errors["model_obs"] < errors["naive_obs"]) & (
-        errors["model_reward"] < config.safeguard_reward_tolerance * errors["naive_reward"]
+    judged = average(errors) if average is not None else errors
+    beats = (judged["model_obs"] < judged["naive_obs"]) & (
+        judged["model_reward"] < config.safeguard_reward_tolerance * judged["naive_reward"]
     )
     trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
     return trusted, {
@@ -66,6 +87,7 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
         "charts/naive_one_step_reward_error": errors["naive_reward"][0].item(),
         "charts/model_horizon_error": errors["model_obs"][-1].item(),
         "charts/naive_horizon_error": errors["naive_obs"][-1].item(),
+        "charts/safeguard_reward_ratio": (judged["model_reward"][0] / judged["naive_reward"][0].clamp(min=1e-12)).item(),
         "charts/trusted_horizon": trusted,
     }
 
