@@ -31,7 +31,7 @@ curve (its mean score over the evaluations) against SAC's with its Welch p, the 
 (`--out/curves.png`, `--out/curves.json`), and the real steps after which MrCoM's mean curve first
 reaches plain SAC's final mean score.
 
-    python benchmarks/adapt_efficiency.py               # cheetah and walker, seeds 0-2, 10k steps: ~80 min on 2 busy cores
+    python benchmarks/adapt_efficiency.py               # cheetah and walker, seeds 0-2, 10k steps, two runs at once (--jobs)
     python benchmarks/adapt_efficiency.py --smoke       # a minute: tiny data, model and budget
     python benchmarks/adapt_efficiency.py --set safeguard=false --set fine_tune=false   # an ablation
     python benchmarks/adapt_efficiency.py --env-steps 100000 --updates-per-step 10 --device cuda  # the paper's budget
@@ -50,6 +50,7 @@ import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import multiprocessing  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -111,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, model, runs and plots")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, into a temporary --out")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
+    parser.add_argument("--jobs", type=int, default=2, help="adaptation runs at once, each a process (CPU: one per core)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -214,6 +216,30 @@ def run(target, config: AdaptationConfig, module, use_model: bool, seed: int, pa
     return record
 
 
+_SHARED: dict = {}  # what every run reads, set before the worker processes fork
+
+
+def _run_task(task: tuple[str, str, int]) -> dict:
+    domain, method, seed = task
+    shared = _SHARED
+    torch.set_num_threads(shared["args"].threads)
+    path = shared["out"] / "runs" / shared["tags"][method] / f"{domain}-seed{seed}.json"
+    cached = path.exists()
+    record = run(shared["targets"][domain], shared["configs"][method], shared["module"], method == "mrcom", seed, path,
+                 shared["args"])
+    if not cached:
+        print(f"  ran {method} {domain} seed {seed}: score {record['scores'][-1]:.2f} in {record['seconds']:.0f}s", flush=True)
+    return record
+
+
+def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> list[dict]:
+    """Every (domain, method, seed) run, `jobs` processes at once (forked: the model is shared, not copied over)."""
+    if jobs <= 1 or len(tasks) <= 1 or _SHARED["args"].device != "cpu":  # CUDA does not survive a fork
+        return [_run_task(task) for task in tasks]
+    with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
+        return pool.map(_run_task, tasks, chunksize=1)
+
+
 def steps_to_reach(steps: list[int], curve: np.ndarray, level: float) -> int | None:
     reached = np.flatnonzero(curve >= level)
     return int(steps[reached[0]]) if len(reached) else None
@@ -281,8 +307,9 @@ def main() -> None:
     domains = tuple(args.adapt_domains.split(",")) if args.adapt_domains else domains
     scores: dict[str, dict[str, list[float]]] = {d: {"mrcom": [], "sac": []} for d in domains}
     curves: dict[str, dict] = {d: {} for d in domains}
+    targets = {}
     for domain in domains:
-        target = [spec for spec in dataset.scenarios.test_id if spec.domain == domain][0]
+        target = targets[domain] = [spec for spec in dataset.scenarios.test_id if spec.domain == domain][0]
         print(f"target {domain}: {target}")
         e = target_errors(module, dataset, target)
         print(f"  model on the target's held-out behaviour episodes (naive forecast in brackets): observation "
@@ -290,12 +317,16 @@ def main() -> None:
               f"h5 {e['model_obs_h5']:.2f}, anchored {e['anchored_obs_h5']:.2f} ({e['naive_obs_h5']:.2f}); "
               f"reward h1 {e['model_reward_h1']:.5f}, anchored {e['anchored_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), "
               f"h5 {e['model_reward_h5']:.5f}, anchored {e['anchored_reward_h5']:.5f} ({e['naive_reward_h5']:.5f}), "
-              f"from posterior latents {e['posterior_reward']:.5f}")
+              f"from posterior latents {e['posterior_reward']:.5f}", flush=True)
+    _SHARED.update(args=args, out=out, tags=tags, targets=targets, configs=configs, module=module)
+    tasks = [(domain, method, seed) for domain in domains for method in args.methods.split(",") for seed in seeds]
+    records = dict(zip(tasks, run_all(tasks, args.jobs)))
+    for domain in domains:
+        print(f"target {domain}")
         for method in args.methods.split(","):
             runs = []
             for seed in seeds:
-                path = out / "runs" / tags[method] / f"{domain}-seed{seed}.json"
-                record = run(target, configs[method], module, method == "mrcom", seed, path, args)
+                record = records[domain, method, seed]
                 scores[domain][method].append(record["scores"][-1])
                 runs.append(record["scores"])
                 trusted = np.mean([v for _, v in record["metrics"].get("charts/trusted_horizon", [(0, 0.0)])])
