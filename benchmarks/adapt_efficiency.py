@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wm-lr", type=float, default=1e-3)
     parser.add_argument("--obs-normalization", default="standardize", choices=["symlog", "standardize"],
                         help="model.world_model.obs_normalization of the world model")
+    parser.add_argument("--reward-bins", default="symlog", choices=["symlog", "linear"],
+                        help="the reward head's bins: DreamerV3's symlog [-20, 20], or linear over [0, 1]")
     parser.add_argument("--env-steps", type=int, default=10_000, help="real steps of each adaptation (the budget)")
     parser.add_argument("--warmup-steps", type=int, default=1000)
     parser.add_argument("--updates-per-step", type=int, default=1, help="SAC updates per real step, both methods (paper: 10)")
@@ -153,6 +155,8 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM
     """The trained model, its description and the digest of its settings; loaded from
     `--out/model-<digest>.pt` when a model with the same settings was trained before."""
     config = dataclasses.replace(REDUCED, obs_normalization=args.obs_normalization)
+    if args.reward_bins == "linear":  # bins over dm_control's reward range [0, 1] instead of symlog's [-20, 20]
+        config = dataclasses.replace(config, reward_bin_scale="linear", reward_bin_range=(0.0, 1.0))
     key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr, "model": dataclasses.asdict(config)}
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
     path = Path(args.out) / f"model-{digest}.pt"

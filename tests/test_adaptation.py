@@ -44,7 +44,7 @@ TINY_SAC = SACConfig(hidden_dim=32, batch_size=16, warmup_steps=0)
 TINY_ADAPT = dict(
     env_steps=60, episode_steps=30, warmup_steps=20, updates_per_step=1, model_updates_per_step=0, horizon=2,
     rollout_every=10, rollout_batch=8, model_pool_rounds=2, history_length=6, fine_tune_steps=2, eval_episodes=1,
-    sac=TINY_SAC,
+    safeguard=True, sac=TINY_SAC,
 )
 
 
@@ -691,7 +691,8 @@ def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, m
 LEARN_TARGET = ScenarioSpec("cheetah", target_speed=0.1, seed=5)
 # The loop as it was measured: every rollout kept (no safeguard, no cut, no fine-tuning), 5% real rows.
 LEARN = AdaptationConfig(
-    env_steps=5000, episode_steps=200, warmup_steps=200, updates_per_step=1, rollout_every=100, rollout_batch=100,
+    env_steps=5000, episode_steps=200, warmup_steps=200, updates_per_step=1, model_updates_per_step=0,
+    rollout_every=100, rollout_batch=100,
     rollout_samples=1, uncertainty="none", real_ratio=0.05, safeguard=False, fine_tune=False, eval_every=0,
     history_length=8, eval_episodes=3, sac=SACConfig(hidden_dim=64, batch_size=128, warmup_steps=0),
 )
