@@ -124,6 +124,66 @@ def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
     assert not torch.allclose(other["next_obs"].view(count, horizon, -1)[:, 0], steps["next_obs"][:, 0])
 
 
+def imagined_with(imagination: str, samples: int = 2):
+    model, history = tiny_model(), hopper_history()
+    with torch.no_grad():  # a reward head that predicts changes (a fresh one predicts 0 everywhere)
+        model.world_model.reward_head[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    batch = history.batch(4, 6, TINY.context_length, np.random.default_rng(0), model.domains.index("hopper"), 17, 6)
+    torch.manual_seed(0)
+    policy_generator = torch.Generator().manual_seed(0)
+    out = imagine(model.world_model, batch, lambda obs: torch.rand(len(obs), 4, generator=policy_generator) * 2 - 1,
+                  3, 15, 4, samples, anchor=True, anchor_reward=True, imagination=imagination)
+    return out, batch, history
+
+
+def test_the_null_model_imagines_the_real_start_repeated_with_new_actions():
+    """The null-model control: every imagined observation and reward is the real start's (o_t, r_{t−1}),
+    step for step; only the actions are the policy's; its copies agree, so nothing is truncated."""
+    out, batch, history = imagined_with("null")
+    start_obs = batch["obs"][:, -1, :15].repeat_interleave(2 * 3, dim=0)  # 4 starts x 2 copies x 3 steps
+    start_reward = batch["reward"][:, -1].repeat_interleave(2 * 3, dim=0)
+    torch.testing.assert_close(out["obs"], start_obs, rtol=0, atol=0)
+    torch.testing.assert_close(out["next_obs"], start_obs, rtol=0, atol=0)
+    torch.testing.assert_close(out["reward"], start_reward, rtol=0, atol=0)
+    assert (out["disagreement"] == 0).all()
+    assert len(torch.unique(out["action"], dim=0)) > 1  # the actions are new draws of the policy
+    # A null pool row is a real observation with the reward that arrived with it and a new action.
+    real = {(tuple(obs), reward) for e in history.episodes for obs, reward in zip(e["obs"][1:].tolist(), e["reward"].tolist())}
+    kept = rounds.imagined_transitions(out, tiny_config(), 3)
+    assert len(kept["reward"]) == len(out["reward"])
+    assert all((tuple(o), r) in real for o, r in zip(kept["obs"].tolist(), kept["reward"].tolist()))
+
+
+def test_the_diagnostic_halves_swap_one_prediction_for_the_naive_forecast():
+    model_out, batch, _ = imagined_with("model", samples=1)
+    start_obs = batch["obs"][:, -1, :15].repeat_interleave(3, dim=0)
+    start_reward = batch["reward"][:, -1].repeat_interleave(3, dim=0)
+    assert not torch.allclose(model_out["next_obs"], start_obs) and not torch.allclose(model_out["reward"], start_reward)
+    naive_reward, _, _ = imagined_with("naive_reward", samples=1)  # the model's observations, the naive reward
+    torch.testing.assert_close(naive_reward["reward"], start_reward, rtol=0, atol=0)
+    assert not torch.allclose(naive_reward["next_obs"], start_obs)
+    naive_obs, _, _ = imagined_with("naive_obs", samples=1)  # the naive observation, the model's reward
+    torch.testing.assert_close(naive_obs["next_obs"], start_obs, rtol=0, atol=0)
+    assert not torch.allclose(naive_obs["reward"], start_reward)
+
+
+def test_the_null_models_errors_are_the_naive_forecasts():
+    model = tiny_model()
+    batch = hopper_history().batch(8, 9, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    errors = open_loop_errors(model.world_model, batch, 3, True, True, imagination="null")
+    torch.testing.assert_close(errors["model_obs"], errors["naive_obs"])
+    torch.testing.assert_close(errors["model_reward"], errors["naive_reward"])
+
+
+def test_a_null_model_run_is_named_and_fills_the_pool():
+    config = tiny_config(safeguard=False, imagination="null", eval_every=0)
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    assert result.method == "null" and result.summary()["method"] == "null"
+    assert result.imagined > 0
+    with pytest.raises(ValueError, match="adaptation.imagination"):
+        tiny_config(imagination="zero")
+
+
 def test_history_windows_need_a_prompt_and_a_long_enough_episode():
     history = hopper_history(episodes=1, steps=10)
     rng = np.random.default_rng(0)
@@ -558,7 +618,7 @@ def mutating_adapt(starts: list):
             with torch.no_grad():
                 for parameter in module.parameters():
                     parameter.add_(1.0)
-        return loop.AdaptationResult(target, use_model, 1.0, [config.env_steps], [1.0], 0, 0.0, None)
+        return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), 1.0, [config.env_steps], [1.0], 0, 0.0, None)
 
     return fake
 
@@ -768,7 +828,7 @@ def test_mrcom_test_prints_both_scores_with_the_real_steps(monkeypatch, capsys):
 
     def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
         score = 12.5 if use_model else 10.0
-        return loop.AdaptationResult(target, use_model, score, [config.env_steps], [score], 0, 0.0, None)
+        return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), score, [config.env_steps], [score], 0, 0.0, None)
 
     monkeypatch.setattr(callback_module, "adapt", fake)
     scenarios = MetaScenarioSet(domains=("hopper",), num_test_id=1)

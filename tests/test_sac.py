@@ -61,6 +61,34 @@ def test_critic_loss_falls_on_a_fixed_batch():
     assert last < 0.5 * first, (first, last)
 
 
+DROQ = dict(critic_dropout=0.01, critic_layer_norm=True)  # the high-update control of the adaptation benchmark
+
+
+def test_droq_critics_hold_dropout_and_layer_norm_and_learn():
+    agent = SAC(5, 2, SACConfig(**SMALL, **DROQ, critic_lr=1e-3), seed=0)
+    for q in (agent.critic.q1, agent.critic.q2, agent.critic_target.q1):
+        kinds = [type(layer) for layer in q]
+        assert kinds.count(torch.nn.Dropout) == 2 and kinds.count(torch.nn.LayerNorm) == 2, kinds
+        assert all(layer.p == 0.01 for layer in q if isinstance(layer, torch.nn.Dropout))
+    assert not any(isinstance(layer, (torch.nn.Dropout, torch.nn.LayerNorm)) for layer in agent.actor.net)
+    batch = random_batch(0)
+    torch.manual_seed(0)  # dropout draws from torch's generator
+    losses = [agent.update(batch)["critic_loss"] for _ in range(200)]
+    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_without_its_regularisers_droq_is_plain_sac():
+    """Dropout 0 and no LayerNorm: the same networks, losses and actions as plain SAC on a fixed batch;
+    with them, other losses (the test can fail)."""
+    def losses(**changes) -> list[dict]:
+        agent = SAC(5, 2, SACConfig(**SMALL, **changes), seed=0)
+        torch.manual_seed(0)
+        return [agent.update(random_batch(i)) for i in range(5)]
+
+    assert losses(critic_dropout=0.0, critic_layer_norm=False) == losses()
+    assert losses(**DROQ) != losses()
+
+
 def test_policy_learns_a_tiny_task():
     config = SACConfig(
         **SMALL, warmup_steps=200, discount=0.9, actor_lr=1e-3, critic_lr=1e-3, temperature_lr=1e-3
@@ -180,7 +208,7 @@ def test_replay_recovers_whole_episodes():
 @pytest.mark.parametrize(
     "field, value",
     [("discount", 1.5), ("tau", 0.0), ("actor_lr", -1.0), ("batch_size", 0), ("warmup_steps", -1),
-     ("init_temperature", 0.0), ("hidden_layers", 0), ("target_entropy", float("nan"))],
+     ("init_temperature", 0.0), ("hidden_layers", 0), ("target_entropy", float("nan")), ("critic_dropout", 1.0)],
 )
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=rf"sac\.{field} must be .*got {value!r}"):

@@ -49,7 +49,7 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
-    method = "mrcom" if result.use_model else "sac"
+    method = result.method
     with mlflow.start_run(run_name=f"{method}-{name}-seed{seed}") as run:
         mlflow.log_params(
             {"method": method, "target": name, "domain": result.target.domain, "seed": seed, "ckpt_path": ckpt_path,
@@ -103,7 +103,7 @@ def adapt_main(argv: list[str]) -> None:
                 model = copy.deepcopy(module) if use_model else None
                 result = adapt(spec, settings.adaptation, model, use_model, seed, settings.progress, settings.device)
                 _log(settings.tracking_uri, settings.experiment, settings.ckpt_path, name, seed, result, settings.adaptation)
-                rows.append((name, "mrcom" if use_model else "sac", seed, result.score, result.eval_steps[-1]))
+                rows.append((name, result.method, seed, result.score, result.eval_steps[-1]))
     print(f"{'target':<24} {'method':<6} {'seed':>4} {'score':>7} {'real_steps':>10}")
     for name, method, seed, score, steps in rows:
         print(f"{name:<24} {method:<6} {seed:>4} {score:7.2f} {steps:>10}")

@@ -14,11 +14,24 @@ from mrcom_lightning.metrics import masked_mean
 from mrcom_lightning.models import WorldModel
 from mrcom_lightning.models.world_model import ImaginedState
 
+# What a rollout hands out (`adaptation.imagination`): the model's predictions, or the naive
+# forecast (the real start's observation and reward repeated) for the observations, the rewards or
+# both: {name: (naive_obs, naive_reward)}. "null" is the null-model control of DESIGN.md §5, a
+# model that predicts no change, whose pool rows are real rows with new actions.
+IMAGINATION = {"model": (False, False), "null": (True, True), "naive_reward": (False, True), "naive_obs": (True, False)}
+
+
+def _with_imagination(state: ImaginedState, imagination: str) -> ImaginedState:
+    if imagination not in IMAGINATION:
+        raise ValueError(f"imagination must be one of {tuple(IMAGINATION)}, got {imagination!r}")
+    naive_obs, naive_reward = IMAGINATION[imagination]
+    return dataclasses.replace(state, naive_obs=naive_obs, naive_reward=naive_reward)
+
 
 def _repeated(state: ImaginedState, samples: int) -> ImaginedState:
     """Each start `samples` times in a row (start-major): rows i·K .. i·K + K − 1 are start i."""
-    def repeat(value: torch.Tensor | None) -> torch.Tensor | None:
-        return None if value is None else value.repeat_interleave(samples, dim=0)
+    def repeat(value):
+        return value.repeat_interleave(samples, dim=0) if isinstance(value, torch.Tensor) else value
 
     return ImaginedState(**{field.name: repeat(getattr(state, field.name)) for field in dataclasses.fields(state)})
 
@@ -34,6 +47,7 @@ def imagine(
     samples: int = 1,
     anchor: bool = False,
     anchor_reward: bool = False,
+    imagination: str = "model",
 ) -> dict[str, torch.Tensor]:
     """Rollouts of `horizon` steps from the latent states at the end of real windows.
 
@@ -49,6 +63,8 @@ def imagine(
     sampling: the `disagreement` of a transition is the standard deviation across its start's
     copies of the predicted next observation (normalised space, mean over the real dims) plus that
     of the predicted reward, a per-start uncertainty (the copies of one start share it).
+    `imagination` ("model", "null", "naive_reward", "naive_obs"; `IMAGINATION`) swaps the
+    observations, the rewards or both for the naive forecast, whose copies agree.
 
     Returns transitions of the target's own sizes, [N·K·H, ·], ordered (start, copy, step):
     `obs, action, reward, next_obs, done` (done is 0: DMC episodes have a fixed length),
@@ -56,7 +72,8 @@ def imagine(
     of policy learning.
     """
     predictions = world_model.predict(batch)
-    start = _repeated(world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward), samples)
+    start = world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward)
+    start = _repeated(_with_imagination(start, imagination), samples)
     domain = batch["domain"].repeat_interleave(samples)
     act_max = batch["action"].shape[-1]
     starts = batch["domain"].shape[0]
@@ -115,14 +132,19 @@ def per_dim_relative_errors(
 
 @torch.no_grad()
 def open_loop_errors(
-    world_model: WorldModel, batch: Batch, horizon: int, anchor: bool = False, anchor_reward: bool = False
+    world_model: WorldModel,
+    batch: Batch,
+    horizon: int,
+    anchor: bool = False,
+    anchor_reward: bool = False,
+    imagination: str = "model",
 ) -> dict[str, torch.Tensor]:
     """The model's errors on real transitions against the naive forecast, per horizon step.
 
     `batch` holds windows (of one domain) of b + `horizon` real transitions: the posterior pass
     reads the first b (burn-in), then the model imagines the last `horizon` with the real actions.
-    The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor` and
-    `anchor_reward` as in `imagine`. Returns `[H]` means over the windows: `model_obs`,
+    The naive forecast repeats the last real observation o_b and reward r_{b−1}; `anchor`,
+    `anchor_reward` and `imagination` as in `imagine`. Returns `[H]` means over the windows: `model_obs`,
     `naive_obs` (`per_dim_relative_errors`: squared errors in units of each dim's one-step change,
     mean over the real dims, so naive_obs[0] = 1), `model_reward`, `naive_reward` (MSE)."""
     burn_in = batch["action"].shape[1] - horizon
@@ -130,7 +152,7 @@ def open_loop_errors(
         raise ValueError(f"open-loop windows need a burn-in: {batch['action'].shape[1]} transitions for horizon {horizon}")
     domain = batch["domain"]
     predictions = world_model.predict(batch)
-    state = world_model.start(predictions, batch, burn_in, anchor, anchor_reward)
+    state = _with_imagination(world_model.start(predictions, batch, burn_in, anchor, anchor_reward), imagination)
     rollout = world_model.rollout(state, batch["action"][:, burn_in:], horizon, domain)
     model_obs, naive_obs = per_dim_relative_errors(
         rollout.next_obs, batch["obs"][:, burn_in + 1 :], batch["obs"][:, burn_in : burn_in + 1], world_model.obs_mask[domain]

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mrcom_lightning.adaptation.history import RealHistory
-from mrcom_lightning.adaptation.imagination import imagine
+from mrcom_lightning.adaptation.imagination import IMAGINATION, imagine
 from mrcom_lightning.adaptation.rounds import ErrorAverage, fine_tune, imagined_transitions, trusted_horizon
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
@@ -75,6 +75,11 @@ class AdaptationConfig:
             to the rollout's rewards: imagined rewards are the last real reward plus the model's
             predicted change, and a model biased in the target cannot hand the agent that bias
             (one-step reward error on held-out target episodes 2–5× lower, still above naive's).
+        imagination: what the rollouts hand the agent: "model" (its predictions), or the controls
+            of DESIGN.md §5 that replace predictions by the naive forecast (the real start's
+            observation and reward repeated): "null" both (a model that predicts no change: pool
+            rows are real rows with new actions), "naive_reward" the rewards only, "naive_obs"
+            the observations only. The loop, fine-tuning and pool are the same in every case.
         uncertainty: "truncate" cuts a rollout before its first step whose disagreement exceeds
             `uncertainty_threshold`; "penalty" uses r − `uncertainty_penalty` · disagreement (MOPO);
             "none" keeps every step.
@@ -125,6 +130,7 @@ class AdaptationConfig:
     rollout_samples: int = 4
     anchor_observations: bool = True
     anchor_rewards: bool = True
+    imagination: str = "model"
     uncertainty: str = "truncate"
     uncertainty_threshold: float = 0.5
     uncertainty_penalty: float = 1.0
@@ -154,6 +160,8 @@ class AdaptationConfig:
                 raise ValueError(f"adaptation.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 < self.real_ratio <= 1.0:
             raise ValueError(f"adaptation.real_ratio must be in (0, 1], got {self.real_ratio!r}")
+        if self.imagination not in IMAGINATION:
+            raise ValueError(f"adaptation.imagination must be one of {tuple(IMAGINATION)}, got {self.imagination!r}")
         if self.uncertainty not in UNCERTAINTY:
             raise ValueError(f"adaptation.uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
         if not 0.0 <= self.safeguard_memory < 1.0:
@@ -176,6 +184,7 @@ class AdaptationResult:
 
     target: ScenarioSpec
     use_model: bool
+    method: str
     score: float
     eval_steps: list[int]
     eval_scores: list[float]
@@ -188,7 +197,7 @@ class AdaptationResult:
         share = [value for _, value in self.metrics.get("charts/imagined_share", [])]
         return {
             "target": str(self.target),
-            "method": "mrcom" if self.use_model else "sac",
+            "method": self.method,
             "score": self.score,
             "real_steps": self.eval_steps[-1] if self.eval_steps else 0,
             "imagined_transitions": self.imagined,
@@ -213,6 +222,14 @@ class MetricLog:
         for name, pending in self.pending.items():
             self.history.setdefault(name, []).append((step, float(np.mean(pending))))
         self.pending.clear()
+
+
+def method_name(config: AdaptationConfig, use_model: bool) -> str:
+    """What a run is called in logs and tables: "sac" without the model, "mrcom" with its
+    predictions, the control's name ("null", "naive_reward", "naive_obs") otherwise."""
+    if not use_model:
+        return "sac"
+    return "mrcom" if config.imagination == "model" else config.imagination
 
 
 def score_of(returns: list[float], episode_steps: int) -> float:
@@ -301,7 +318,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
     history.start(obs)
     log = MetricLog()
     imagined, eval_steps, eval_scores = 0, [], []
-    bar = tqdm(total=config.env_steps, desc=f"adapt {'mrcom' if use_model else 'sac'} {target.domain}",
+    bar = tqdm(total=config.env_steps, desc=f"adapt {method_name(config, use_model)} {target.domain}",
                unit="step", disable=not progress, dynamic_ncols=True)
     for step in range(1, config.env_steps + 1):
         action = env.random_action(rng) if step <= config.warmup_steps else agent.act(obs)
@@ -329,8 +346,8 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                                       module.world_model.config.context_length, model_rng, domain_id,
                                       max(module.obs_dims), max(module.act_dims), device)
                 if batch is not None:
-                    rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim,
-                                       config.rollout_samples, config.anchor_observations, config.anchor_rewards)
+                    rollouts = imagine(module.world_model, batch, policy, trusted, obs_dim, act_dim, config.rollout_samples,
+                                       config.anchor_observations, config.anchor_rewards, config.imagination)
                     kept = imagined_transitions(rollouts, config, trusted)
                     model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
                     imagined += len(kept["reward"])
@@ -357,5 +374,5 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
             log.log(step)
         bar.update(1)
     bar.close()
-    return AdaptationResult(target, use_model, eval_scores[-1], eval_steps, eval_scores, imagined,
-                            time.perf_counter() - start_time, agent, log.history)
+    return AdaptationResult(target, use_model, method_name(config, use_model), eval_scores[-1], eval_steps, eval_scores,
+                            imagined, time.perf_counter() - start_time, agent, log.history)

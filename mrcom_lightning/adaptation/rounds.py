@@ -74,7 +74,7 @@ def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, doma
     if batch is None:
         return (0 if config.safeguard else config.horizon), {}
     errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
-                              config.anchor_rewards)
+                              config.anchor_rewards, config.imagination)
     judged = average(errors) if average is not None else errors
     beats = (judged["model_obs"] < judged["naive_obs"]) & (
         judged["model_reward"] < config.safeguard_reward_tolerance * judged["naive_reward"]

@@ -55,6 +55,11 @@ class SACConfig:
     """Environment steps of uniformly random actions before learning starts."""
     buffer_size: int = 1_000_000
     """Capacity of the replay buffer, in transitions."""
+    critic_dropout: float = 0.0
+    """Dropout rate of each hidden layer of the critics (DroQ, Hiraoka et al. 2022: 0.01)."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the critics (DroQ: on). With dropout, the agent made for
+    many updates per real step that the adaptation benchmark runs as a model-free control."""
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, want: str) -> None:
@@ -67,6 +72,7 @@ class SACConfig:
             is_int = isinstance(value, (int, np.integer))
             check(name, is_int and value >= least, f"an integer >= {least}")
         check("discount", 0.0 < self.discount <= 1.0, "in (0, 1]")
+        check("critic_dropout", 0.0 <= self.critic_dropout < 1.0, "in [0, 1)")
         check("tau", 0.0 < self.tau <= 1.0, "in (0, 1]")
         for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
             check(name, getattr(self, name) > 0, "> 0")
@@ -109,12 +115,17 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """Twin soft Q-functions Q1, Q2(s, a); the minimum curbs overestimation (clipped double Q)."""
+    """Twin soft Q-functions Q1, Q2(s, a); the minimum curbs overestimation (clipped double Q).
+    With `dropout` and `layer_norm`, DroQ's regularised critics (dropout stays on in every
+    evaluation, the target's included, as in DroQ)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, hidden_layers: int = 2):
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden_dim: int = 256, hidden_layers: int = 2, dropout: float = 0.0,
+        layer_norm: bool = False,
+    ):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1)
-        self.q2 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1)
+        self.q1 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1, dropout, layer_norm)
+        self.q2 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers + 1, dropout, layer_norm)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, action], dim=-1)
@@ -164,7 +175,7 @@ class SAC(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             self.actor = Actor(obs_dim, act_dim, cfg.hidden_dim, cfg.hidden_layers)
-            self.critic = Critic(obs_dim, act_dim, cfg.hidden_dim, cfg.hidden_layers)
+            self.critic = Critic(obs_dim, act_dim, cfg.hidden_dim, cfg.hidden_layers, cfg.critic_dropout, cfg.critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.to(self.device)

@@ -9,13 +9,21 @@ from torch.distributions import Independent, Normal
 MIN_STD = 0.1  # lower bound of every Gaussian's std (Dreamer's choice; keeps KLs finite)
 
 
-def mlp(in_dim: int, out_dim: int, hidden_dim: int, layers: int = 3) -> nn.Sequential:
-    """A `layers`-layer ReLU MLP (the paper's tokenizer, decoder and reward modules: 3 layers)."""
+def mlp(
+    in_dim: int, out_dim: int, hidden_dim: int, layers: int = 3, dropout: float = 0.0, layer_norm: bool = False
+) -> nn.Sequential:
+    """A `layers`-layer ReLU MLP (the paper's tokenizer, decoder and reward modules: 3 layers).
+    `dropout` and `layer_norm` regularise each hidden layer as DroQ's critics do (Hiraoka et al.
+    2022): Linear → Dropout → LayerNorm → ReLU; with neither it is the plain MLP."""
     dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
     modules: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         modules.append(nn.Linear(a, b))
         if i < layers - 1:
+            if dropout > 0:
+                modules.append(nn.Dropout(dropout))
+            if layer_norm:
+                modules.append(nn.LayerNorm(b))
             modules.append(nn.ReLU())
     return nn.Sequential(*modules)
 

@@ -133,7 +133,12 @@ class ImaginedState:
     `offset` is added to every decoded observation of the rollout (raw scale): zero, or with
     `start(anchor=True)` the decoder's reconstruction error at the real start, o_t − dec(s_t).
     `reward_offset` likewise to every predicted reward: with `start(anchor_reward=True)` the
-    reward head's error on the last real reward, r_{t−1} − r̂_{t−1}."""
+    reward head's error on the last real reward, r_{t−1} − r̂_{t−1}.
+
+    `naive_obs` and `naive_reward` replace the decoded observation and the predicted reward by the
+    naive forecast, the current ones repeated (o_t and r_{t−1} of the start, by induction): the
+    adaptation's null-model control and its two diagnostic halves (DESIGN.md §5). The latent
+    state still evolves; only what the rollout hands out is naive."""
 
     recurrent: torch.Tensor
     stochastic: torch.Tensor
@@ -143,6 +148,8 @@ class ImaginedState:
     context: torch.Tensor
     offset: torch.Tensor | None = None
     reward_offset: torch.Tensor | None = None
+    naive_obs: bool = False
+    naive_reward: bool = False
 
 
 @dataclasses.dataclass
@@ -344,10 +351,17 @@ class WorldModel(nn.Module):
         reward = self.twohot.mean(self.reward_head(features))
         if state.reward_offset is not None:
             reward = reward + state.reward_offset
+        if state.naive_reward:
+            reward = state.prev_reward
         obs = self.decode(features, domain)
         if state.offset is not None:
             obs = obs + state.offset
-        return ImaginedState(recurrent, stochastic, obs, reward, tokens, context, state.offset, state.reward_offset), reward
+        if state.naive_obs:
+            obs = state.obs
+        next_state = dataclasses.replace(
+            state, recurrent=recurrent, stochastic=stochastic, obs=obs, prev_reward=reward, tokens=tokens, context=context
+        )
+        return next_state, reward
 
     def rollout(
         self,
