@@ -1,43 +1,51 @@
-"""Sample efficiency of scenario adaptation: MrCoM (SAC on real plus imagined data) against plain SAC.
+"""Does the world model help adaptation? MrCoM against the controls that could explain its gain.
 
-On one held-out target scenario per domain (`--domains`, default cheetah and walker), at a
-CPU-sized budget:
+Methods, each run on the same targets, seeds, real steps and evaluation episodes (DESIGN.md §5):
 
-1. data: behaviour episodes of `--train-scenarios` training scenarios per domain, drawn around
-   the targets (torso scales in [1-α, 1+α], target speeds in [speed-β, speed+β]); each domain's
-   target is the set's first in-distribution test scenario, whose episodes the world model never
-   sees. Behaviour `sac` (default) is the project's pipeline at a small budget: one SAC agent per
-   domain trained here for `--sac-steps` across the training scenarios (`train_agents`) gives the
-   `mix` data (its replay) and the `expert` and `medium` episodes; `random` is cheaper.
-   Collected into `--out/data` and reused by later runs with the same settings.
-2. world model: one MrCoM over all the domains, of reduced sizes (embedding 64, hidden 128, z 32,
-   h 64, u 8; the paper's are 128/256/128/128), observations standardised per domain and dim
-   (`--obs-normalization`; symlog's joint angles are several times less faithful, measured by
-   model_fidelity.py), trained for `--wm-steps` steps of `module.losses` on the datamodule's
-   training stream (batch 32, windows of 16 steps, prompts of 8); saved to
-   `--out/model-<digest of its settings>.pt` and reused.
-3. adaptation: `adapt(use_model=True)` (the loop's defaults: fine-tuning, large rollout rounds,
-   K = 4 samples per start with truncation where they disagree, rollouts anchored at their real
-   start, the naive-forecast safeguard, real share 0.5, extra updates while the pool holds
-   trusted data) and `adapt(use_model=False)` (plain SAC), same real steps, same SAC settings,
-   same seeds, scored on the same evaluation episodes every `--eval-every` real steps. Each
-   run's curve is written to `--out/runs/<method>-<hash of its settings>/` as it finishes, and a
-   rerun with the same settings loads it. `--set KEY=VALUE` changes an `AdaptationConfig` field
-   for the MrCoM runs (ablations, which share the SAC runs).
+* `mrcom`: the adaptation loop with the world model (`AdaptationConfig()`'s defaults: fine-tuning,
+  anchored K-sample rollouts cut where the samples disagree, half-imagined batches and
+  `model_updates_per_step` extra SAC updates while the pool holds imagined data);
+* `null`: the same loop, fine-tuning and pool with a null model, whose imagined transitions
+  repeat the real start's observation and reward (`imagination="null"`): what half-imagined
+  batches of copies with new actions do on their own;
+* `sac`: plain SAC, one update per real step;
+* `sac_utd`: plain SAC at MrCoM's updates per real step (1 + `model_updates_per_step`);
+* `droq`: SAC with DroQ's regularised critics (dropout 0.01 and LayerNorm), a model-free agent
+  made for many updates per step, at MrCoM's updates per real step;
+* on the tuning targets also the two halves of imagination: `naive_reward` (the model's
+  observations, the last real reward) and `naive_obs` (the last real observation, the model's
+  rewards), to show which half helps or hurts.
 
-Reported: per domain and method the final score mean ± std over seeds, Welch's t-test per
-domain and over all runs (scores divided by the domain's SAC mean), the area under each run's
-curve (its mean score over the evaluations) against SAC's with its Welch p, the learning curves
-(`--out/curves.png`, `--out/curves.json`), and the real steps after which MrCoM's mean curve first
-reaches plain SAC's final mean score.
+Targets and seeds are split by purpose. `--targets tuning` is the target every default was
+chosen on (each domain's first in-distribution test scenario) with seeds 0–2 and the
+diagnostics. `--targets test` (the default) reports on held-out targets: each domain's second
+in-distribution test scenario (other torso scales and target speed) and its first
+out-of-distribution one (both outside the training ranges), seeds 10–14. World models: `--world-models`
+(default 2) are trained with seeds 0, 1, ... on data collected with the same seeds (the scenario set
+is shared); adaptation seed i uses world model i mod n, so the spread over world models is part of
+every model method's figure, and each stored run records the digests of its model's settings,
+its weights and its data.
 
-    python benchmarks/adapt_efficiency.py               # cheetah and walker, seeds 0-2, 10k steps, two runs at once (--jobs)
-    python benchmarks/adapt_efficiency.py --smoke       # a minute: tiny data, model and budget
-    python benchmarks/adapt_efficiency.py --set safeguard=false --set fine_tune=false   # an ablation
-    python benchmarks/adapt_efficiency.py --env-steps 100000 --updates-per-step 10 --device cuda  # the paper's budget
+Data and models, per world-model seed: behaviour episodes of `--train-scenarios` training
+scenarios per domain (one SAC agent per domain trained here for `--sac-steps`: `mix`, `expert` and
+`medium` episodes), and one MrCoM of reduced sizes over all domains, trained for `--wm-steps`.
+Every finished adaptation run is written to `--out/runs/<method>-<digest of its settings>/` at
+once and reused by a rerun: an interrupted benchmark resumes where it stopped. The run files are
+committed (benchmarks/results/adapt_efficiency/runs/), data and models are not.
 
-The last line is `adapt_over_sac=<mean MrCoM score ÷ mean SAC score over domains and seeds>`
-(`nan` when SAC scores 0); the line before it, `adapt_p_value=`, is the Welch p-value over all runs.
+Reported, per target: final score, mean over the curve, worst seed and collapse rate (final below
+0.7 × its best after reaching 20) per method; per domain (the targets pooled, runs paired by
+target and seed): MrCoM's final against each control's, paired t-tests with Holm's correction over
+every comparison of the report. Curves of every method per target: `--out/curves-<targets>.png`,
+logged to MLflow (experiment `adapt_efficiency`) with the tables.
+
+    python benchmarks/adapt_efficiency.py                      # held-out targets, seeds 10-14, two world models
+    python benchmarks/adapt_efficiency.py --targets tuning     # the tuning targets, seeds 0-2, with the diagnostics
+    python benchmarks/adapt_efficiency.py --smoke              # a few minutes: tiny data, model and budget
+    python benchmarks/adapt_efficiency.py --set fine_tune=false   # an ablation of the loop (model methods)
+
+The last lines, one per domain: `<domain>: mrcom_over_best_control=<MrCoM's mean final ÷ the best
+control's> p=<Holm-corrected paired p against that control>`.
 """
 
 import os
@@ -62,31 +70,43 @@ from common import train_world_model  # noqa: E402  (benchmarks/common.py)
 from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
 from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
+from mrcom_lightning.adaptation.loop import collapsed  # noqa: E402
 from mrcom_lightning.agents import SACConfig  # noqa: E402
-from mrcom_lightning.compare import welch_p_value  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
 from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
+from mrcom_lightning.stats import holm, paired_p_value  # noqa: E402
 
 REDUCED = WorldModelConfig(
     embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=8, context_length=8, heads=4, reward_bins=63
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE = dict(train_scenarios=2, behaviour="random", episodes_per_scenario=2, episode_steps=100, wm_steps=20,
-             env_steps=300, warmup_steps=100, eval_every=100, eval_episodes=1, seeds="0,1")
-
-
-# What `adapt(use_model=False)` reads of an AdaptationConfig.
-PLAIN_SAC_FIELDS = ("env_steps", "episode_steps", "warmup_steps", "updates_per_step", "eval_every", "eval_episodes", "sac")
+             env_steps=300, warmup_steps=100, eval_every=100, eval_episodes=1, seeds="0,1", world_models=2)
+TARGETS = {  # which scenarios of the set, and the seeds reported on them
+    "tuning": {"targets": [("test_id", 0)], "seeds": "0,1,2"},
+    "test": {"targets": [("test_id", 1), ("test_ood", 0)], "seeds": "10,11,12,13,14"},
+}
+CONTROLS = ("null", "sac", "sac_utd", "droq")
+DIAGNOSTICS = ("naive_reward", "naive_obs")
+DROQ = dict(critic_dropout=0.01, critic_layer_norm=True)
+# What `adapt(use_model=False)` reads of an AdaptationConfig: a model-free run's key.
+MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "warmup_steps", "updates_per_step", "eval_every", "eval_episodes", "sac")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", default="cheetah,walker", help="comma-separated, one target each")
+    parser.add_argument("--targets", default="test", choices=sorted(TARGETS), help="held-out test targets or the tuning ones")
+    parser.add_argument("--domains", default="cheetah,walker", help="comma-separated; every domain's data trains the model")
     parser.add_argument("--adapt-domains", default=None, help="adapt to these domains' targets only (default: all)")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated subset (default: mrcom and {', '.join(CONTROLS)}; on tuning targets also "
+                             f"{', '.join(DIAGNOSTICS)})")
+    parser.add_argument("--seeds", default=None, help="comma-separated adaptation seeds (default: the targets' own)")
+    parser.add_argument("--world-models", type=int, default=2, help="world models (and datasets) trained with seeds 0..n-1")
     parser.add_argument("--target-speed", type=float, default=0.2, help="centre of the speed range (fraction of the max)")
     parser.add_argument("--alpha", type=float, default=0.1, help="torso scale half-width of the training scenarios")
     parser.add_argument("--beta", type=float, default=0.05, help="speed half-width of the training scenarios")
@@ -97,31 +117,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episode-steps", type=int, default=250, help="steps per episode, data and adaptation")
     parser.add_argument("--wm-steps", type=int, default=10_000, help="world-model gradient steps")
     parser.add_argument("--wm-lr", type=float, default=1e-3)
-    parser.add_argument("--obs-normalization", default="standardize", choices=["symlog", "standardize"],
-                        help="model.world_model.obs_normalization of the world model")
-    parser.add_argument("--reward-bins", default="symlog", choices=["symlog", "linear"],
-                        help="the reward head's bins: DreamerV3's symlog [-20, 20], or linear over [0, 1]")
-    parser.add_argument("--env-steps", type=int, default=10_000, help="real steps of each adaptation (the budget)")
+    parser.add_argument("--env-steps", type=int, default=5_000, help="real steps of each adaptation (the budget)")
     parser.add_argument("--warmup-steps", type=int, default=1000)
-    parser.add_argument("--updates-per-step", type=int, default=1, help="SAC updates per real step, both methods (paper: 10)")
-    parser.add_argument("--eval-every", type=int, default=1000, help="real steps between evaluations (the curves)")
+    parser.add_argument("--eval-every", type=int, default=500, help="real steps between evaluations (the curves)")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an AdaptationConfig field for the MrCoM runs (repeatable), e.g. real_ratio=0.2")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    parser.add_argument("--methods", default="mrcom,sac", choices=["mrcom,sac", "mrcom", "sac"],
-                        help="run one method alone (e.g. a SAC control at another --updates-per-step): its runs only, no comparison")
-    parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, model, runs and plots")
-    parser.add_argument("--smoke", action="store_true", help="tiny everything, into a temporary --out")
+                        help="an AdaptationConfig field of the model methods (repeatable), e.g. real_ratio=0.2")
+    parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, models, runs and plots")
+    parser.add_argument("--smoke", action="store_true", help="tiny everything, into a separate --out")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
-    parser.add_argument("--jobs", type=int, default=2, help="adaptation runs at once, each a process (CPU: one per core)")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each a process (CPU: one per core)")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow store of the report ('' for none)")
+    parser.add_argument("--progress", action="store_true", help="show each run's progress bar")
     args = parser.parse_args(argv)
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
         args.out = str(Path(args.out).parent / "adapt_efficiency_smoke")
+    default_methods = ("mrcom",) + CONTROLS + (DIAGNOSTICS if args.targets == "tuning" else ())
+    args.methods = tuple(args.methods.split(",")) if args.methods else default_methods
+    unknown = set(args.methods) - set(("mrcom",) + CONTROLS + DIAGNOSTICS)
+    if unknown:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from mrcom, {', '.join(CONTROLS + DIAGNOSTICS)}")
+    args.seeds = [int(s) for s in (args.seeds or TARGETS[args.targets]["seeds"]).split(",")]
+    if args.world_models < 1:
+        parser.error(f"--world-models must be >= 1, got {args.world_models}")
     return args
 
 
@@ -138,51 +159,106 @@ def changes(pairs: list[str]) -> dict:
     return out
 
 
-def dataset_config(args: argparse.Namespace, domains: tuple[str, ...]) -> DatasetConfig:
+def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
+    """(uses the model, settings) of each method: the model methods share the loop's settings, the
+    model-free controls make plain SAC's or MrCoM's number of updates per real step."""
+    base = dict(env_steps=args.env_steps, episode_steps=args.episode_steps, warmup_steps=args.warmup_steps,
+                eval_every=args.eval_every, eval_episodes=args.eval_episodes)
+    if args.smoke:
+        base |= dict(rollout_every=50, rollout_batch=50, history_length=8, sac=SACConfig(hidden_dim=64, batch_size=64, warmup_steps=0))
+    loop = AdaptationConfig(**(base | changes(args.set)))
+    utd = loop.updates_per_step + loop.model_updates_per_step
+    configs = {
+        "mrcom": (True, loop),
+        "sac": (False, AdaptationConfig(**base)),
+        "sac_utd": (False, AdaptationConfig(**base, updates_per_step=utd)),
+        "droq": (False, dataclasses.replace(AdaptationConfig(**base, updates_per_step=utd), sac=dataclasses.replace(loop.sac, **DROQ))),
+    }
+    for imagination in ("null",) + DIAGNOSTICS:
+        configs[imagination] = (True, dataclasses.replace(loop, imagination=imagination))
+    return {method: configs[method] for method in args.methods}
+
+
+def scenario_set(args: argparse.Namespace, domains: tuple[str, ...]) -> MetaScenarioSet:
+    """Training scenarios around the targets; `test_id[0]` is the tuning target, `test_id[1]` and
+    `test_ood[0]` the held-out ones (each split draws from its own stream: adding a split or a
+    scenario leaves the others unchanged)."""
     speed = args.target_speed
-    scenarios = MetaScenarioSet(
+    return MetaScenarioSet(
         domains=domains, alpha=args.alpha, beta=(speed - args.beta, speed + args.beta),
-        num_train=args.train_scenarios, num_val=0, num_test_id=1, num_test_ood=0,
+        num_train=args.train_scenarios, num_val=0, num_test_id=2, num_test_ood=1,
     )
+
+
+def dataset_config(args: argparse.Namespace, scenarios: MetaScenarioSet, seed: int) -> DatasetConfig:
     return DatasetConfig(
-        root=str(Path(args.out) / "data"), scenarios=scenarios, behaviour=args.behaviour,
+        root=str(Path(args.out) / f"data-seed{seed}"), scenarios=scenarios, behaviour=args.behaviour,
         episodes_per_scenario=args.episodes_per_scenario, test_episodes_per_scenario=2, episode_steps=args.episode_steps,
-        train_agents=True, sac_steps=args.sac_steps, sac=SACConfig(warmup_steps=min(2000, args.sac_steps // 4)),
+        train_agents=True, sac_steps=args.sac_steps, sac=SACConfig(warmup_steps=min(2000, args.sac_steps // 4)), seed=seed,
     )
 
 
-def world_model(args: argparse.Namespace, dataset: DatasetConfig) -> tuple[MrCoM, str, str]:
-    """The trained model, its description and the digest of its settings; loaded from
-    `--out/model-<digest>.pt` when a model with the same settings was trained before."""
-    config = dataclasses.replace(REDUCED, obs_normalization=args.obs_normalization)
-    if args.reward_bins == "linear":  # bins over dm_control's reward range [0, 1] instead of symlog's [-20, 20]
-        config = dataclasses.replace(config, reward_bin_scale="linear", reward_bin_range=(0.0, 1.0))
-    key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr, "model": dataclasses.asdict(config)}
-    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
-    path = Path(args.out) / f"model-{digest}.pt"
-    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=config.context_length, batch_size=32)
-    torch.manual_seed(0)
+def digest(value) -> str:
+    return hashlib.sha1(repr(value).encode()).hexdigest()[:10]
+
+
+def data_digest(dataset: DatasetConfig) -> str:
+    """The episodes a model was trained on: the names and sizes of the dataset's files."""
+    root = Path(dataset.root)
+    files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*.npz"))
+    return digest(files)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    sha = hashlib.sha1()
+    for name, value in sorted(module.state_dict().items()):
+        sha.update(name.encode())
+        sha.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:10]
+
+
+def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> tuple[MrCoM, dict]:
+    """The MrCoM trained on `dataset` with `seed`, loaded from `--out/model-<digest>.pt` when one with
+    the same settings was trained before; and its provenance (settings, weights and data digests)."""
+    config = REDUCED
+    key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr,
+           "model": dataclasses.asdict(config), "seed": seed}
+    settings = digest(key)
+    path = Path(args.out) / f"model-{settings}.pt"
+    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=config.context_length,
+                                         batch_size=32, seed=seed)
+    torch.manual_seed(seed)
     module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
-    if path.exists():
-        saved = torch.load(path, weights_only=True)  # plain settings and tensors: nothing to unpickle
-        if saved["key"] == key:
-            module.load_state_dict(saved["state_dict"])
-            return module.eval(), f"loaded from {path}", digest
-    if config.obs_normalization == "standardize":  # as `mrcom fit` does at its start
-        datamodule.setup("fit")
-        module.world_model.set_observation_statistics(*datamodule.observation_statistics())
-    start = time.perf_counter()
-    losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
-    torch.save({"key": key, "state_dict": module.state_dict()}, path)
-    return module.eval(), f"{args.wm_steps} steps in {time.perf_counter() - start:.0f}s, last losses " + str(
-        {name: round(value, 3) for name, value in losses.items()}), digest
+    how = f"loaded from {path}"
+    saved = torch.load(path, weights_only=True) if path.exists() else None  # plain settings and tensors
+    if saved is not None and saved["key"] == key:
+        module.load_state_dict(saved["state_dict"])
+    else:
+        if config.obs_normalization == "standardize":  # as `mrcom fit` does at its start
+            datamodule.setup("fit")
+            module.world_model.set_observation_statistics(*datamodule.observation_statistics())
+        start = time.perf_counter()
+        losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
+        torch.save({"key": key, "state_dict": module.state_dict()}, path)
+        how = f"{args.wm_steps} steps in {time.perf_counter() - start:.0f}s, last losses " + str(
+            {name: round(value, 3) for name, value in losses.items()})
+    provenance = {"world_model_seed": seed, "model_settings": settings, "model_weights": weights_digest(module),
+                  "data": data_digest(dataset)}
+    return module.eval(), provenance | {"how": how}
+
+
+def prepare(task: tuple[argparse.Namespace, MetaScenarioSet, int]) -> str:
+    """Collects one world-model seed's data and trains its model (saved for `world_model` to load)."""
+    args, scenarios, seed = task
+    torch.set_num_threads(args.threads)
+    dataset = dataset_config(args, scenarios, seed)
+    collect(dataset, progress=args.progress)
+    return world_model(args, dataset, seed)[1]["how"]
 
 
 def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 256, horizon: int = 5) -> dict:
-    """The model's open-loop errors (h = 1 and h = `horizon`) on the target's held-out behaviour
-    episodes, which it never trained on, beside the naive forecast's (`open_loop_errors`; the
-    observations' and rewards' also anchored, as adaptation imagines them by default), and its
-    reward error with the posterior latents (teacher-forced): how good its data can be."""
+    """The model's anchored open-loop errors (h = 1) on the target's held-out behaviour episodes
+    against the naive forecast's: observations per dim in units of their one-step change."""
     domain = module.domains.index(spec.domain)
     store = EpisodeStore(dataset.root)
     history = RealHistory(module.obs_dims[domain], module.act_dims[domain])
@@ -194,179 +270,198 @@ def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 25
                           max(module.obs_dims), max(module.act_dims))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        errors = open_loop_errors(module.world_model, batch, horizon)
-        torch.manual_seed(0)
-        anchored = open_loop_errors(module.world_model, batch, horizon, anchor=True, anchor_reward=True)
-        posterior = ((module.world_model.predict(batch).reward - batch["reward"]) ** 2).mean().item()
-    return ({f"{key}_h{h}": errors[key][h - 1].item() for key in errors for h in (1, horizon)}
-            | {f"anchored_{kind}_h{h}": anchored[f"model_{kind}"][h - 1].item() for kind in ("obs", "reward")
-               for h in (1, horizon)}
-            | {"posterior_reward": posterior})
-
-
-def run(target, config: AdaptationConfig, module, use_model: bool, seed: int, path: Path, args) -> dict:
-    """One adaptation's curve and timing, loaded from `path` when it already ran."""
-    if path.exists():
-        return json.loads(path.read_text())
-    model = None
-    if use_model:  # a copy per run: fine-tuning trains the model it is given
-        model = copy.deepcopy(module)
-    result = adapt(target, config, model, use_model=use_model, seed=seed, progress=args.progress, device=args.device)
-    record = {"steps": result.eval_steps, "scores": result.eval_scores, "seconds": result.seconds,
-              "imagined": result.imagined, "summary": result.summary(),
-              "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
-    return record
+        e = open_loop_errors(module.world_model, batch, horizon, anchor=True, anchor_reward=True)
+    return {"obs_h1": e["model_obs"][0].item(), "naive_obs_h1": e["naive_obs"][0].item(),
+            "reward_h1": e["model_reward"][0].item(), "naive_reward_h1": e["naive_reward"][0].item()}
 
 
 _SHARED: dict = {}  # what every run reads, set before the worker processes fork
 
 
-def _run_task(task: tuple[str, str, int]) -> dict:
-    domain, method, seed = task
+def run_path(method: str, target: str, seed: int) -> Path:
+    shared = _SHARED
+    uses_model, config = shared["configs"][method]
+    if uses_model:  # the loop's settings and the world model this seed uses
+        key = repr(config) + repr(shared["provenance"][seed % len(shared["models"])])
+    else:
+        key = repr({name: getattr(config, name) for name in MODEL_FREE_FIELDS})
+    folder = shared["out"] / "runs" / f"{method}-{digest(key)}"
+    return folder / f"{target.replace('/', '-')}-seed{seed}.json"
+
+
+def run_task(task: tuple[str, str, int]) -> dict:
+    """One adaptation run, loaded from its file when it already ran; written as soon as it ends."""
+    method, target, seed = task
+    path = run_path(method, target, seed)
+    if path.exists():
+        return json.loads(path.read_text())
     shared = _SHARED
     torch.set_num_threads(shared["args"].threads)
-    path = shared["out"] / "runs" / shared["tags"][method] / f"{domain}-seed{seed}.json"
-    cached = path.exists()
-    record = run(shared["targets"][domain], shared["configs"][method], shared["module"], method == "mrcom", seed, path,
-                 shared["args"])
-    if not cached:
-        print(f"  ran {method} {domain} seed {seed}: score {record['scores'][-1]:.2f} in {record['seconds']:.0f}s", flush=True)
+    uses_model, config = shared["configs"][method]
+    model, provenance = None, {}
+    if uses_model:  # a copy per run: fine-tuning trains the model it is given
+        index = seed % len(shared["models"])
+        model, provenance = copy.deepcopy(shared["models"][index]), shared["provenance"][index]
+    result = adapt(shared["targets"][target], config, model, use_model=uses_model, seed=seed,
+                   progress=shared["args"].progress, device=shared["args"].device)
+    record = {"method": method, "target": target, "spec": str(result.target), "seed": seed, "steps": result.eval_steps,
+              "scores": result.eval_scores, "summary": result.summary(), "provenance": provenance,
+              "settings": repr(config), "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    print(f"  ran {method} {target} seed {seed}: final {result.score:.2f}, best {record['summary']['best_score']:.2f} "
+          f"in {result.seconds:.0f}s", flush=True)
     return record
 
 
-def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> list[dict]:
-    """Every (domain, method, seed) run, `jobs` processes at once (forked: the model is shared, not copied over)."""
+def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict:
+    """Every run, `jobs` processes at once (forked: the models are shared, not copied over)."""
     if jobs <= 1 or len(tasks) <= 1 or _SHARED["args"].device != "cpu":  # CUDA does not survive a fork
-        return [_run_task(task) for task in tasks]
+        return {task: run_task(task) for task in tasks}
     with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
-        return pool.map(_run_task, tasks, chunksize=1)
+        return dict(zip(tasks, pool.map(run_task, tasks, chunksize=1)))
 
 
-def steps_to_reach(steps: list[int], curve: np.ndarray, level: float) -> int | None:
-    reached = np.flatnonzero(curve >= level)
-    return int(steps[reached[0]]) if len(reached) else None
-
-
-def plot(path: Path, curves: dict, domains: list[str]) -> None:
+def plot(path: Path, curves: dict, targets: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.5), squeeze=False)
-    for ax, domain in zip(axes[0], domains):
-        for method, (steps, runs) in curves[domain].items():
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for method, (steps, runs) in curves[target].items():
             mean, std = np.mean(runs, 0), np.std(runs, 0)
-            line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({len(runs)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.set_title(domain)
+            line, = ax.plot(steps, mean, marker="o", markersize=2.5, label=f"{method} (n={len(runs)})")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.set_title(target)
         ax.set_xlabel("real steps")
-        ax.set_ylabel("score")
-        ax.legend(fontsize="small")
+        ax.set_ylabel("score (% of max return)")
+        ax.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> tuple[str, list[str], dict]:
+    """The markdown tables, the last lines and the curves."""
+    lines = ["| target | method | final | mean over the curve | worst seed | collapsed | n |", "|---|---|---|---|---|---|---|"]
+    curves: dict[str, dict] = {t: {} for t in target_names}
+    finals: dict[tuple[str, str], list[float]] = {}
+    for target in target_names:
+        for method in args.methods:
+            runs = [records[method, target, seed] for seed in args.seeds]
+            final = [r["scores"][-1] for r in runs]
+            finals[method, target] = final
+            curve_means = [float(np.mean(r["scores"])) for r in runs]
+            collapses = sum(collapsed(r["scores"]) for r in runs)
+            lines.append(f"| {target} | {method} | {np.mean(final):.2f} ± {np.std(final):.2f} | "
+                         f"{np.mean(curve_means):.2f} ± {np.std(curve_means):.2f} | {min(final):.2f} | "
+                         f"{collapses}/{len(runs)} | {len(runs)} |")
+            curves[target][method] = (runs[0]["steps"], np.array([r["scores"] for r in runs]))
+    domains = sorted({t.split("/")[1] for t in target_names})
+    controls = [m for m in args.methods if m != "mrcom"]
+    comparisons = []  # (domain, control, ratio, raw p)
+    for domain in domains:
+        mine = [t for t in target_names if t.split("/")[1] == domain]
+        mrcom = [v for t in mine for v in finals["mrcom", t]] if "mrcom" in args.methods else []
+        for control in controls:
+            other = [v for t in mine for v in finals[control, t]]
+            if mrcom:
+                ratio = np.mean(mrcom) / np.mean(other) if np.mean(other) > 0 else math.nan
+                comparisons.append((domain, control, ratio, paired_p_value(mrcom, other)))
+    adjusted = holm([p for *_, p in comparisons])
+    lines += ["", f"MrCoM's final against each method's, per domain (targets pooled, paired by target and seed; "
+              f"Holm over the {sum(not math.isnan(p) for p in adjusted)} comparisons):", "",
+              "| domain | method | MrCoM ÷ method | paired p | Holm p |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {c} | {r:.3f} | {p:.3g} | {q:.3g} |" for (d, c, r, p), q in zip(comparisons, adjusted)]
+    last = []
+    for domain in domains:
+        rows = [(r, q, c) for (d, c, r, _), q in zip(comparisons, adjusted) if d == domain and c in CONTROLS]
+        if rows:  # the best control is the one MrCoM's ratio is smallest against
+            ratio, q, control = min(rows, key=lambda row: row[0])
+            last.append(f"{domain}: mrcom_over_best_control={ratio:.3f} p={q:.3g} best_control={control} "
+                        f"seeds={len(args.seeds)} world_models={args.world_models}")
+    return "\n".join(lines), last, curves
+
+
+def log_to_mlflow(args: argparse.Namespace, out: Path, files: list[Path], last: list[str]) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_experiment("adapt_efficiency")
+    with mlflow.start_run(run_name=f"adapt_efficiency-{args.targets}"):
+        mlflow.log_params({"targets": args.targets, "seeds": ",".join(map(str, args.seeds)), "methods": ",".join(args.methods),
+                           "world_models": args.world_models, "env_steps": args.env_steps, "set": " ".join(args.set)})
+        for line in last:
+            domain, _, rest = line.partition(": ")
+            ratio = float(rest.split()[0].split("=")[1])
+            if math.isfinite(ratio):
+                mlflow.log_metric(f"{domain}/mrcom_over_best_control", ratio)
+        for path in files:
+            mlflow.log_artifact(str(path))
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
     domains = tuple(args.domains.split(","))
-    changed = changes(args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    dataset = dataset_config(args, domains)
-    collect(dataset, progress=args.progress)
-    collected = time.perf_counter()
-    module, how, model_digest = world_model(args, dataset)
-    trained = time.perf_counter()
+    scenarios = scenario_set(args, domains)
+    preparations = [(args, scenarios, seed) for seed in range(args.world_models)]
+    if not any(uses for uses, _ in method_configs(args).values()):
+        preparations = []
+    if args.jobs > 1 and args.device == "cpu" and len(preparations) > 1:
+        with multiprocessing.get_context("fork").Pool(min(args.jobs, len(preparations))) as pool:
+            hows = pool.map(prepare, preparations, chunksize=1)
+    else:
+        hows = [prepare(task) for task in preparations]
+    models, provenance = [], []
+    for seed, how in enumerate(hows):
+        module, record = world_model(args, dataset_config(args, scenarios, seed), seed)  # loads what `prepare` saved
+        models.append(module)
+        provenance.append({k: v for k, v in record.items() if k != "how"})
+        print(f"world model {seed}: {how}; digests {provenance[-1]}", flush=True)
+    prepared_at = time.perf_counter()
 
-    base = dict(env_steps=args.env_steps, episode_steps=args.episode_steps, warmup_steps=args.warmup_steps,
-                updates_per_step=args.updates_per_step, eval_every=args.eval_every, eval_episodes=args.eval_episodes)
-    if args.smoke:
-        base |= dict(rollout_every=50, rollout_batch=50, history_length=8, sac=SACConfig(hidden_dim=64, batch_size=64, warmup_steps=0))
-    configs = {"mrcom": AdaptationConfig(**(base | changed)), "sac": AdaptationConfig(**base)}
-    # A run is stored under its full settings' hash (MrCoM's with its world model's): a changed
-    # default, flag or model never reuses a stale run.
-    # Plain SAC's by the fields it reads only, so that a new model-only option does not rerun it.
-    settings = {"mrcom": repr(configs["mrcom"]) + model_digest,
-                "sac": repr({name: getattr(configs["sac"], name) for name in PLAIN_SAC_FIELDS})}
-    tags = {m: f"{m}-{hashlib.sha1(s.encode()).hexdigest()[:10]}" for m, s in settings.items()}
-    for method, tag in tags.items():
-        if method not in args.methods.split(","):
-            continue
-        (out / "runs" / tag).mkdir(parents=True, exist_ok=True)
-        (out / "runs" / tag / "config.txt").write_text(repr(configs[method]) + ("\nworld model " + model_digest if method == "mrcom" else "") + "\n")
-    print(f"data: {domains}, {args.train_scenarios} training scenarios each, {args.behaviour} behaviour "
-          f"({args.sac_steps} agent steps), {args.episodes_per_scenario} episodes per scenario and policy, "
-          f"{args.episode_steps} steps each; {collected - start:.0f}s")
-    print(f"world model: reduced sizes, {how}")
-    print(f"adaptation: {configs['mrcom']}")
-
-    domains = tuple(args.adapt_domains.split(",")) if args.adapt_domains else domains
-    scores: dict[str, dict[str, list[float]]] = {d: {"mrcom": [], "sac": []} for d in domains}
-    curves: dict[str, dict] = {d: {} for d in domains}
+    adapt_domains = tuple(args.adapt_domains.split(",")) if args.adapt_domains else domains
     targets = {}
-    for domain in domains:
-        target = targets[domain] = [spec for spec in dataset.scenarios.test_id if spec.domain == domain][0]
-        print(f"target {domain}: {target}")
-        e = target_errors(module, dataset, target)
-        print(f"  model on the target's held-out behaviour episodes (naive forecast in brackets): observation "
-              f"(per-dim relative) h1 {e['model_obs_h1']:.2f}, anchored {e['anchored_obs_h1']:.2f} ({e['naive_obs_h1']:.2f}), "
-              f"h5 {e['model_obs_h5']:.2f}, anchored {e['anchored_obs_h5']:.2f} ({e['naive_obs_h5']:.2f}); "
-              f"reward h1 {e['model_reward_h1']:.5f}, anchored {e['anchored_reward_h1']:.5f} ({e['naive_reward_h1']:.5f}), "
-              f"h5 {e['model_reward_h5']:.5f}, anchored {e['anchored_reward_h5']:.5f} ({e['naive_reward_h5']:.5f}), "
-              f"from posterior latents {e['posterior_reward']:.5f}", flush=True)
-    _SHARED.update(args=args, out=out, tags=tags, targets=targets, configs=configs, module=module)
-    tasks = [(domain, method, seed) for domain in domains for method in args.methods.split(",") for seed in seeds]
-    records = dict(zip(tasks, run_all(tasks, args.jobs)))
-    for domain in domains:
-        print(f"target {domain}")
-        for method in args.methods.split(","):
-            runs = []
-            for seed in seeds:
-                record = records[domain, method, seed]
-                scores[domain][method].append(record["scores"][-1])
-                runs.append(record["scores"])
-                trusted = np.mean([v for _, v in record["metrics"].get("charts/trusted_horizon", [(0, 0.0)])])
-                print(f"  {method:<5} seed {seed} score {record['scores'][-1]:6.2f}  imagined share "
-                      f"{record['summary']['imagined_share']:.2f}  trusted horizon {trusted:.1f}  "
-                      f"{record['seconds']:5.0f}s  curve " + " ".join(f"{v:.1f}" for v in record["scores"]), flush=True)
-            curves[domain][method] = (record["steps"], np.array(runs))
+    for split, index in TARGETS[args.targets]["targets"]:
+        for domain in adapt_domains:
+            targets[f"{split}/{domain}/{index}"] = [s for s in scenarios.draw(split) if s.domain == domain][index]
+    for name, spec in targets.items():
+        print(f"target {name}: {spec}")
+        for seed, module in enumerate(models):
+            e = target_errors(module, dataset_config(args, scenarios, seed), spec)
+            print(f"  world model {seed} on its held-out episodes, anchored h=1 (naive): observation per dim "
+                  f"{e['obs_h1']:.2f} ({e['naive_obs_h1']:.2f}), reward {e['reward_h1']:.5f} ({e['naive_reward_h1']:.5f})")
+    configs = method_configs(args)
+    print(f"methods: {', '.join(args.methods)}; seeds {args.seeds}; loop {configs['mrcom'][1] if 'mrcom' in configs else ''}",
+          flush=True)
+    _SHARED.update(args=args, out=out, targets=targets, configs=configs, models=models, provenance=provenance)
+    # Seed by seed, so that an interrupted run leaves whole paired blocks (every method on every target).
+    tasks = [(m, t, s) for s in args.seeds for t in targets for m in args.methods]
+    records = run_all(tasks, args.jobs)
 
-    if args.methods != "mrcom,sac":
-        print(f"runs of {args.methods} only: no comparison; elapsed {time.perf_counter() - start:.0f}s")
-        return
-    print("\n| domain | MrCoM | SAC | MrCoM ÷ SAC | Welch p | area under the curve ÷ SAC's (p) | MrCoM reaches SAC's final score at |")
-    print("|---|---|---|---|---|---|---|")
-    normalised = {"mrcom": [], "sac": []}
-    for domain in domains:
-        m, s = scores[domain]["mrcom"], scores[domain]["sac"]
-        steps, mrcom_runs = curves[domain]["mrcom"]
-        reach = steps_to_reach(steps, mrcom_runs.mean(0), float(np.mean(s)))
-        reach_text = f"{reach} of {steps[-1]} steps ({reach / steps[-1]:.2f})" if reach else "not reached"
-        ratio = np.mean(m) / np.mean(s) if np.mean(s) > 0 else math.nan
-        # The mean score over the evaluations: how early each method learns, less noisy than the last one.
-        area_m, area_s = mrcom_runs.mean(1), curves[domain]["sac"][1].mean(1)
-        area = f"{np.mean(area_m) / np.mean(area_s):.3f} ({welch_p_value(area_m, area_s):.3g})" if np.mean(area_s) > 0 else "–"
-        print(f"| {domain} | {np.mean(m):.2f} ± {np.std(m):.2f} | {np.mean(s):.2f} ± {np.std(s):.2f} | {ratio:.3f} | "
-              f"{welch_p_value(m, s):.3g} | {area} | {reach_text} |")
-        for method in normalised:
-            normalised[method] += list(np.array(scores[domain][method]) / max(np.mean(s), 1e-9))
-    (out / "curves.json").write_text(json.dumps(
-        {d: {k: {"steps": st, "scores": r.tolist()} for k, (st, r) in c.items()} for d, c in curves.items()}))
-    plot(out / "curves.png", curves, list(domains))
-    print(f"curves: {out / 'curves.png'}; elapsed {time.perf_counter() - start:.0f}s (collect {collected - start:.0f}s, "
-          f"world model {trained - collected:.0f}s, adaptation {time.perf_counter() - trained:.0f}s)")
-    mrcom = np.mean([v for d in domains for v in scores[d]["mrcom"]])
-    sac = np.mean([v for d in domains for v in scores[d]["sac"]])
-    print(f"adapt_p_value={welch_p_value(normalised['mrcom'], normalised['sac']):.4g}")
-    print(f"adapt_over_sac={mrcom / sac if sac > 0 else math.nan:.3f}")
+    tables, last, curves = report(records, args, list(targets))
+    print("\n" + tables + "\n")
+    summary = out / f"report-{args.targets}.md"
+    summary.write_text(f"# adapt_efficiency, {args.targets} targets\n\n{tables}\n\n" + "\n".join(last) + "\n")
+    (out / f"curves-{args.targets}.json").write_text(json.dumps(
+        {t: {m: {"steps": st, "scores": r.tolist()} for m, (st, r) in c.items()} for t, c in curves.items()}))
+    figure = out / f"curves-{args.targets}.png"
+    plot(figure, curves, list(targets))
+    if args.tracking_uri:
+        log_to_mlflow(args, out, [summary, figure, out / f"curves-{args.targets}.json"], last)
+    print(f"curves: {figure}; elapsed {time.perf_counter() - start:.0f}s (data and models {prepared_at - start:.0f}s, "
+          f"adaptation {time.perf_counter() - prepared_at:.0f}s)")
+    for line in last:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,16 @@ def test_the_null_models_errors_are_the_naive_forecasts():
     torch.testing.assert_close(errors["model_reward"], errors["naive_reward"])
 
 
+@pytest.mark.parametrize("scores, expected", [
+    ([5.0, 30.0, 50.0, 34.0], True),   # best 50, final 34 < 35: collapsed
+    ([5.0, 30.0, 50.0, 36.0], False),  # kept more than 0.7 of its best
+    ([5.0, 50.0, 10.0, 45.0], False),  # fell, then recovered
+    ([1.0, 19.0, 5.0, 2.0], False),    # never learned (best below 20)
+])
+def test_the_collapse_flag(scores, expected):
+    assert loop.collapsed(scores) is expected
+
+
 def test_a_null_model_run_is_named_and_fills_the_pool():
     config = tiny_config(safeguard=False, imagination="null", eval_every=0)
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)

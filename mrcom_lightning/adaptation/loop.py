@@ -199,6 +199,9 @@ class AdaptationResult:
             "target": str(self.target),
             "method": self.method,
             "score": self.score,
+            "best_score": max(self.eval_scores, default=0.0),
+            "curve_mean": float(np.mean(self.eval_scores)) if self.eval_scores else 0.0,
+            "collapsed": collapsed(self.eval_scores),
             "real_steps": self.eval_steps[-1] if self.eval_steps else 0,
             "imagined_transitions": self.imagined,
             "imagined_share": float(np.mean(share)) if share else 0.0,
@@ -230,6 +233,12 @@ def method_name(config: AdaptationConfig, use_model: bool) -> str:
     if not use_model:
         return "sac"
     return "mrcom" if config.imagination == "model" else config.imagination
+
+
+def collapsed(scores: list[float], floor: float = 20.0, kept: float = 0.7) -> bool:
+    """Late collapse of a score curve: it reached at least `floor` and ends below `kept` × its best."""
+    best = max(scores, default=0.0)
+    return best >= floor and scores[-1] < kept * best
 
 
 def score_of(returns: list[float], episode_steps: int) -> float:
