@@ -203,10 +203,24 @@ def digest(value) -> str:
 
 
 def data_digest(dataset: DatasetConfig) -> str:
-    """The episodes a model was trained on: the names and sizes of the dataset's files."""
-    root = Path(dataset.root)
-    files = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*.npz"))
-    return digest(files)
+    """The episodes a model was trained on: the names and contents of the dataset's episode files."""
+    root, sha = Path(dataset.root), hashlib.sha1()
+    for path in sorted(root.rglob("*.npz")):
+        sha.update(str(path.relative_to(root)).encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:10]
+
+
+def code_digest() -> str:
+    """The source of what trains the model and runs the adaptation: a run stored under other code is
+    not reused (a model or loop change means new runs)."""
+    package = Path(__import__("mrcom_lightning").__file__).parent
+    sha = hashlib.sha1()
+    for folder in ("models", "adaptation", "agents"):
+        for path in sorted((package / folder).glob("*.py")):
+            sha.update(path.read_bytes())
+    sha.update((Path(__file__).parent / "common.py").read_bytes())
+    return sha.hexdigest()[:10]
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -222,7 +236,7 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> 
     the same settings was trained before; and its provenance (settings, weights and data digests)."""
     config = REDUCED
     key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr,
-           "model": dataclasses.asdict(config), "seed": seed}
+           "model": dataclasses.asdict(config), "seed": seed, "code": code_digest()}
     settings = digest(key)
     path = Path(args.out) / f"model-{settings}.pt"
     datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=config.context_length,
@@ -285,6 +299,7 @@ def run_path(method: str, target: str, seed: int) -> Path:
         key = repr(config) + repr(shared["provenance"][seed % len(shared["models"])])
     else:
         key = repr({name: getattr(config, name) for name in MODEL_FREE_FIELDS})
+    key += shared["code"]
     folder = shared["out"] / "runs" / f"{method}-{digest(key)}"
     return folder / f"{target.replace('/', '-')}-seed{seed}.json"
 
@@ -306,7 +321,7 @@ def run_task(task: tuple[str, str, int]) -> dict:
                    progress=shared["args"].progress, device=shared["args"].device)
     record = {"method": method, "target": target, "spec": str(result.target), "seed": seed, "steps": result.eval_steps,
               "scores": result.eval_scores, "summary": result.summary(), "provenance": provenance,
-              "settings": repr(config), "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")}}
+              "settings": repr(config), "code": _SHARED["code"], "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
@@ -443,7 +458,7 @@ def main() -> None:
     configs = method_configs(args)
     print(f"methods: {', '.join(args.methods)}; seeds {args.seeds}; loop {configs['mrcom'][1] if 'mrcom' in configs else ''}",
           flush=True)
-    _SHARED.update(args=args, out=out, targets=targets, configs=configs, models=models, provenance=provenance)
+    _SHARED.update(args=args, out=out, targets=targets, configs=configs, models=models, provenance=provenance, code=code_digest())
     # Seed by seed, so that an interrupted run leaves whole paired blocks (every method on every target).
     tasks = [(m, t, s) for s in args.seeds for t in targets for m in args.methods]
     records = run_all(tasks, args.jobs)
