@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mrcom_lightning.checkpoints import (
     CheckpointError,
@@ -22,6 +24,7 @@ from mrcom_lightning.checkpoints import (
 )
 from mrcom_lightning.data.episodes import atomic_write
 from mrcom_lightning.module import MrCoM
+from mrcom_lightning import tracking
 from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TEST_METRICS
 
 EVAL_COMMANDS = ("validate", "test", "predict")
@@ -30,24 +33,91 @@ CARRIED_TRAINER_KEYS = ("logger", "callbacks", "default_root_dir", "precision", 
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 
 
-class SaveConfig(SaveConfigCallback):
-    """Writes the resolved config beside the checkpoints and logs it as an MLflow artifact.
+@dataclasses.dataclass
+class Invocation:
+    """How the command was started, which the parsed config does not say.
+
+    Attributes:
+        argv: the command line (`fit --config ...`).
+        config_files: the `--config` files given, in order.
+        checkpoint_uri: `--ckpt_path` as given when it was an MLflow URI (`runs:/...`).
+        source_run: the MLflow run whose checkpoint `--ckpt_path` loads, when known.
+        run_name: the name given to the MLflow runs (None: the logger's own `run_name`).
+    """
+
+    argv: list[str]
+    config_files: list[str] = dataclasses.field(default_factory=list)
+    checkpoint_uri: str | None = None
+    source_run: str | None = None
+    run_name: str | None = None
+
+
+def mlflow_loggers(trainer) -> list[MLFlowLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)]
+
+
+class TrackRun(SaveConfigCallback):
+    """Writes the resolved config beside the checkpoints and describes the MLflow run: a unique
+    name, tags, trainer and adaptation settings as params, the dataset as an input; at the end
+    of `fit`, the best checkpoint and a figure of the losses as artifacts (docs/tracking.md).
 
     Lightning's own callback asserts `trainer.log_dir`, which an MLflow logger on an SQLite
     store does not have (DESIGN.md §8).
     """
 
+    def __init__(self, *args, invocation: Invocation | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.invocation = invocation or Invocation(argv=[])
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.already_saved or not trainer.is_global_zero:
             return
+        stage = getattr(stage, "value", stage)
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"config-{getattr(stage, 'value', stage)}.yaml"
+        path = folder / f"config-{stage}.yaml"
         self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
         self.already_saved = True
-        for logger in trainer.loggers:
-            if hasattr(logger, "run_id") and hasattr(logger.experiment, "log_artifact"):
-                logger.experiment.log_artifact(logger.run_id, str(path))
+        for logger in mlflow_loggers(trainer):
+            logger.experiment.log_artifact(logger.run_id, str(path))
+            self._describe(trainer, logger, stage)
+
+    def _describe(self, trainer, logger: MLFlowLogger, stage: str) -> None:
+        client, uri = logger.experiment, logger._tracking_uri
+        run = client.get_run(logger.run_id)
+        tracking.mark_experiment(client, run.info.experiment_id)
+        if self.invocation.run_name is not None:
+            tracking.claim_run_name(client, uri, run, self.invocation.run_name)
+        config = self.config.as_dict()
+        tags = {"command": stage, "seed": str(config.get("seed_everything"))}
+        tags["config"] = ", ".join(self.invocation.config_files) or "(from the checkpoint)"
+        tags["variant"] = (logger.tags or {}).get("method", "")
+        tags |= {k: v for k, v in tracking.git_tags().items() if k not in run.data.tags}
+        tags |= tracking.parent_tag(client)
+        if self.invocation.source_run:
+            tags[tracking.RESUMES_TAG if stage == "fit" else tracking.EVALUATES_TAG] = self.invocation.source_run
+        tags[tracking.NOTE_TAG] = self._note(trainer, stage)
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
+        params = run_params(config, trainer)
+        if self.invocation.checkpoint_uri:  # rather than the temporary file it was downloaded to
+            params["ckpt_path"] = self.invocation.checkpoint_uri
+        tracking.log_params(client, run.info.run_id, params)
+        dataset = dataset_settings(trainer)
+        if dataset is not None and Path(dataset.root).is_dir():
+            tracking.log_dataset(client, run.info.run_id, dataset.root, "train" if stage == "fit" else stage)
+
+    def _note(self, trainer, stage: str) -> str:
+        """The run's description: the command, and what it trained or evaluated."""
+        command = "mrcom " + " ".join(self.invocation.argv)
+        dataset = dataset_settings(trainer)
+        lines = [f"`{command}`", ""]
+        if dataset is not None:
+            what = f"data `{dataset.root}` ({dataset.behaviour} behaviour; domains {', '.join(dataset.scenarios.domains)})"
+            lines.append(f"{trainer.max_steps} training steps on {what}" if stage == "fit" else f"{stage} on {what}")
+        if self.invocation.source_run:
+            lines.append(f"checkpoint of run {self.invocation.source_run}")
+        return "\n".join(lines)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # What `mrcom test --ckpt_path ...` without --config needs besides the hyperparameters.
@@ -55,10 +125,79 @@ class SaveConfig(SaveConfigCallback):
         trainer_config = config.get("trainer", {})
         checkpoint["mrcom_trainer"] = {k: trainer_config[k] for k in CARRIED_TRAINER_KEYS if k in trainer_config}
         checkpoint["mrcom_seed"] = config.get("seed_everything")
+        for logger in mlflow_loggers(trainer)[:1]:  # the run this checkpoint belongs to
+            checkpoint["mrcom_run"] = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """Logs the best checkpoint (`checkpoints/best.ckpt`) and the learning curves (`figures/`)."""
+        if not trainer.is_global_zero:
+            return
+        best = best_checkpoint(trainer)
+        for logger in mlflow_loggers(trainer):
+            client, run_id = logger.experiment, logger.run_id
+            if best is not None:
+                client.log_artifact(run_id, str(best), tracking.CHECKPOINT_ARTIFACTS)
+                client.set_tag(run_id, tracking.CHECKPOINT_TAG, f"runs:/{run_id}/{tracking.CHECKPOINT_ARTIFACTS}/{best.name}")
+            figure = tracking.plot_learning_curves(client, run_id, Path(trainer.default_root_dir) / "figures" / "losses.png")
+            if figure is not None:
+                client.log_artifact(run_id, str(figure), "figures")
+
+
+def dataset_settings(trainer):
+    """The datamodule's `DatasetConfig` (`root`, `behaviour`, `scenarios`), if it has one."""
+    return dict(getattr(trainer.datamodule, "hparams", None) or {}).get("dataset")
+
+
+def best_checkpoint(trainer) -> Path | None:
+    """The file of the monitored checkpoint callback's best model (`best.ckpt`), if written."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_path:
+            if Path(callback.best_model_path).is_file():
+                return Path(callback.best_model_path)
+    return None
+
+
+def run_params(config: dict, trainer) -> dict:
+    """The settings Lightning does not log itself: the trainer's, and each adaptation callback's
+    (`adaptation/<name>`, its `AdaptationConfig` flattened into the same prefix)."""
+    params = {f"trainer/{k}": v for k, v in config.get("trainer", {}).items() if isinstance(v, (bool, int, float, str))}
+    params |= {k: config.get(k) for k in ("seed_everything", "threads", "ckpt_path") if config.get(k) is not None}
+    for callback in trainer.callbacks:
+        settings = getattr(callback, "adaptation", None)
+        if not dataclasses.is_dataclass(settings):
+            continue
+        fields = {k: v for k, v in vars(callback).items() if not k.startswith("_") and k not in ("adaptation", "validations")}
+        for key, value in _flatten(fields | dataclasses.asdict(settings)).items():
+            params[f"adaptation/{key}"] = value
+    return params
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}/")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar without `v_num` (for MLflow, the last four characters of the run id)."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 class MrCoMCLI(LightningCLI):
-    """LightningCLI with the datamodule's dims linked into the model and a torch thread setting."""
+    """LightningCLI with the datamodule's dims linked into the model, a torch thread setting, and
+    MLflow runs named and described (`TrackRun`)."""
+
+    def __init__(self, *args, invocation: Invocation | None = None, **kwargs):
+        self.invocation = invocation or Invocation(argv=[])
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -77,6 +216,8 @@ class MrCoMCLI(LightningCLI):
         if config.threads < 1:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
+        for uri in logger_uris(config.get("trainer")):
+            tracking.prepare_store(uri)  # tables created under a lock, before any logger connects
         if config.get("weights_only") is False:
             self.parser.error(
                 "--weights_only false is not supported: it would let a checkpoint run any code it names "
@@ -93,7 +234,9 @@ class MrCoMCLI(LightningCLI):
         if ckpt_path is None or "://" in str(ckpt_path) or str(ckpt_path).split(":")[0] in CKPT_KEYWORDS:
             return
         with exit_on_checkpoint_error(f"mrcom {self.config.subcommand}"):
-            load_checkpoint(ckpt_path)
+            checkpoint = load_checkpoint(ckpt_path)
+        if self.invocation.source_run is None:
+            self.invocation.source_run = dict(checkpoint.get("mrcom_run") or {}).get("run_id")
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Runs the subcommand with the project's config classes allowed in Lightning's checkpoint load.
@@ -140,17 +283,61 @@ class MrCoMCLI(LightningCLI):
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(Path(self.trainer.default_root_dir) / "checkpoints")
 
-    def before_fit(self) -> None:
+    def _show_version_free_progress_bar(self) -> None:
+        bar = self.trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar:  # Lightning's default: the same bar without `v_num`
+            index = self.trainer.callbacks.index(bar)
+            self.trainer.callbacks[index] = ProgressBar(bar.refresh_rate, bar.process_position)
+
+    def _name_runs(self, stage: str) -> None:
+        """Names the MLflow runs `<config>-<method>-seed<k>` before they are created (unless the
+        logger was given a `run_name`); `TrackRun` makes the name unique in its experiment."""
+        if rank_zero_only.rank != 0:
+            return
+        config = self.config[self.config.subcommand]
+        for logger in mlflow_loggers(self.trainer):
+            tags = dict(logger.tags or {})
+            if logger._run_name is not None or "mlflow.runName" in tags:
+                continue
+            source = source_run_name(logger._tracking_uri, self.invocation.source_run)
+            name = run_name(stage, self.invocation.config_files, tags.get("method"), config.get("seed_everything"),
+                            source, self.trainer.default_root_dir)  # fmt: skip
+            logger.tags = tags | {"mlflow.runName": name}
+            self.invocation.run_name = name
+
+    def _before(self, stage: str) -> None:
         self._fix_checkpoint_dirs()
+        self._show_version_free_progress_bar()
+        self._name_runs(stage)
+
+    def before_fit(self) -> None:
+        self._before("fit")
 
     def before_validate(self) -> None:
-        self._fix_checkpoint_dirs()
+        self._before("validate")
 
     def before_test(self) -> None:
-        self._fix_checkpoint_dirs()
+        self._before("test")
+
+    def before_predict(self) -> None:
+        self._before("predict")
+
+    def _print_runs(self) -> None:
+        """The MLflow runs of this command: name, id, experiment, and how to look at them."""
+        for logger in mlflow_loggers(self.trainer):
+            if logger._run_id is None:  # ddp_spawn: the run lives in the workers; do not start one here
+                continue
+            client, uri = logger.experiment, logger._tracking_uri
+            run = client.get_run(logger.run_id)
+            experiment = client.get_experiment(run.info.experiment_id).name
+            print(f"MLflow run {run.info.run_name} (id {run.info.run_id}) in experiment {experiment}, store {uri}")
+            if tracking.CHECKPOINT_TAG in run.data.tags:
+                print(f"  best checkpoint: {run.data.tags[tracking.CHECKPOINT_TAG]}")
+            print(f"  {tracking.ui_hint(uri, run.info.experiment_id, run.info.run_id)}")
 
     def after_test(self) -> None:
-        """Writes the test metrics to `<default_root_dir>/test_metrics.json` (what a study reads)."""
+        """Writes the test metrics to `<default_root_dir>/test_metrics.json` (what a study reads)
+        and logs them as an artifact of the test run."""
         if not self.trainer.is_global_zero:
             return
         path = Path(self.trainer.default_root_dir) / TEST_METRICS
@@ -158,6 +345,10 @@ class MrCoMCLI(LightningCLI):
         payload = json.dumps(metrics, indent=1).encode()
         atomic_write(path, lambda f: f.write(payload))
         print(f"test metrics: {path}")
+        for logger in mlflow_loggers(self.trainer):
+            if logger._run_id is not None:
+                logger.experiment.log_artifact(logger.run_id, str(path))
+        self._print_runs()
 
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
@@ -170,6 +361,52 @@ class MrCoMCLI(LightningCLI):
                     written = Path(callback.dirpath) / f"{callback.filename}{callback.FILE_EXTENSION}"
                     path = str(written) if written.is_file() else ""
                 print(f"{callback.filename} checkpoint: {path or '(none yet)'}")
+        self._print_runs()
+
+
+def logger_uris(trainer_config) -> list[str]:
+    """The tracking URIs of the MLflow loggers in a parsed `trainer` config."""
+    loggers = (trainer_config or {}).get("logger")
+    uris = []
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if str(getattr(logger, "class_path", "")).endswith("MLFlowLogger"):
+            uri = (logger.get("init_args") or {}).get("tracking_uri")
+            if uri:
+                uris.append(uri)
+    return uris
+
+
+def sets_method(config_file: str) -> bool:
+    """Whether a config file sets the MLflow tag `method` (a variant: baseline or ablation)."""
+    try:
+        config = yaml.safe_load(Path(config_file).read_text()) or {}
+        return "method" in (config["trainer"]["logger"]["init_args"]["tags"] or {})
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
+
+
+def run_name(stage: str, config_files: list[str], method: str | None, seed, source: str | None, root_dir: str) -> str:
+    """`<config>-<method>-seed<k>`: the first config file and every further one that is not a
+    variant (`configs/multi.yaml --config configs/observation/add_gaussian.yaml`:
+    `multi+add_gaussian`), the `method` tag, the seed. A run that loads another run's checkpoint
+    is `<that run's name>-<stage>`."""
+    if stage != "fit" and source:
+        return f"{source}-{stage}"
+    settings = [Path(f).stem for i, f in enumerate(config_files) if i == 0 or not sets_method(f)]
+    parts = ["+".join(settings) or Path(root_dir).name] + ([method] if method else [])
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        parts.append(f"seed{seed}")
+    return "-".join(parts) + ("" if stage == "fit" else f"-{stage}")
+
+
+def source_run_name(uri: str | None, run_id: str | None) -> str | None:
+    """The name of run `run_id` in the store `uri`, if it is there."""
+    if not uri or not run_id:
+        return None
+    try:
+        return tracking.prepare_store(uri).get_run(run_id).info.run_name
+    except Exception:  # another store, or deleted
+        return None
 
 
 def trainer_defaults() -> dict:
@@ -218,12 +455,7 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
     the command with one line naming it."""
     if not argv or argv[0] not in EVAL_COMMANDS or any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
-    ckpt_path = None
-    for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            ckpt_path = argv[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            ckpt_path = arg.split("=", 1)[1]
+    ckpt_path = option_value(argv, "--ckpt_path")
     if ckpt_path is None:
         return argv
     with exit_on_checkpoint_error(f"mrcom {argv[0]}"):
@@ -242,20 +474,58 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
     return [argv[0], "--config", yaml.safe_dump(config), *argv[1:]]
 
 
+def option_value(argv: list[str], option: str) -> str | None:
+    """The last value of `option` (`--option value` or `--option=value`) in `argv`."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def resolve_ckpt_argument(argv: list[str]) -> list[str]:
+    """`argv` with an MLflow `--ckpt_path` (`runs:/<run_id>/checkpoints/best.ckpt`) replaced by
+    the file downloaded from the store (`--trainer.logger.init_args.tracking_uri`, else
+    `$MLFLOW_TRACKING_URI`, else `sqlite:///mlruns.db`); a missing one ends the command in one line."""
+    uri = option_value(argv, "--ckpt_path")
+    if uri is None or not tracking.is_artifact_uri(uri):
+        return argv
+    with exit_on_checkpoint_error(f"mrcom {argv[0]}"):
+        local = tracking.resolve_checkpoint(uri, option_value(argv, "--trainer.logger.init_args.tracking_uri"))
+    return [f"--ckpt_path={local}" if arg == f"--ckpt_path={uri}" else local if arg == uri else arg for arg in argv]
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The `--config` values of `argv` that are files (not inline YAML), in order."""
+    files = []
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else arg if i and argv[i - 1] == "--config" else None
+        if value and Path(value).is_file():
+            files.append(value)
+    return files
+
+
 def run(argv: list[str]) -> None:
     """Runs a LightningCLI subcommand (fit, validate, test, predict)."""
     from mrcom_lightning.datamodules import MultiScenarioDataModule
 
+    uri = option_value(argv, "--ckpt_path")
+    invocation = Invocation(argv=list(argv), config_files=config_files(argv))
+    if uri is not None and tracking.is_artifact_uri(uri):
+        invocation.checkpoint_uri, invocation.source_run = uri, tracking.run_id_of(uri)
     # `args` carries the command line (plus a config from the checkpoint): not a mistake.
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     MrCoMCLI(
         MrCoM,
         MultiScenarioDataModule,
-        args=config_from_checkpoint(argv),
+        args=config_from_checkpoint(resolve_ckpt_argument(argv)),
         trainer_defaults=trainer_defaults(),
-        save_config_callback=SaveConfig,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=TrackRun,
+        save_config_kwargs={"overwrite": True, "invocation": invocation},
         # Hyperparameters stay the objects `__init__` received (dataclass settings included).
         load_from_checkpoint_support=False,
         parser_kwargs={"description": "MrCoM: train and evaluate a unified world model across MuJoCo scenarios."},
+        invocation=invocation,
     )

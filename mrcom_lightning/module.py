@@ -148,7 +148,7 @@ class MrCoM(L.LightningModule):
                     "state is checkpointed (try a lower model.lr or trainer.gradient_clip_val)"
                 )
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
-        self.log("train/loss", terms["total"].detach(), prog_bar=True)
+        self.log("train/loss", terms["total"].detach(), prog_bar=True, logger=False)  # logged as train/loss/total
         return terms["total"]
 
     def on_before_optimizer_step(self, optimizer) -> None:
