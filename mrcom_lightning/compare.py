@@ -1,16 +1,21 @@
 """`mrcom compare`: MLflow runs as the paper's tables (rows by domain, columns by method, mean ± std
-over seeds), in Markdown and CSV, with learning curves and score bars as PNG."""
+over seeds), in Markdown and CSV, with learning curves and score bars as PNG, logged as the
+artifacts of a comparison run."""
 
 from __future__ import annotations
 
 import csv
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from mrcom_lightning import tracking
 from mrcom_lightning.tracking import DEFAULT_TRACKING_URI
+
+LISTED_METRICS = 40  # at most this many metric names in the error for a missing metric
 
 
 def compare_parser() -> ArgumentParser:
@@ -36,12 +41,22 @@ def compare_parser() -> ArgumentParser:
         help="a column value (e.g. mrcom): every other column gets its ratio of means to it and the p-value "
         "of Welch's t-test against it",
     )
+    parser.add_argument(
+        "--log_experiment",
+        type=str,
+        default="comparisons",
+        help="MLflow experiment of the comparison run that gets the outputs as artifacts ('' : none)",
+    )
     return parser
 
 
 def load_runs(tracking_uri: str, experiments: list[str], filter_string: str = ""):
     import mlflow
 
+    database = tracking.sqlite_file(tracking_uri)
+    if database is not None and not database.is_file():
+        raise ValueError(f"no MLflow store at {tracking_uri} ({database.resolve()}); run where `mrcom fit` wrote it")
+    tracking.prepare_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(experiment_names=experiments, filter_string=filter_string, output_format="pandas")
     if runs.empty:
@@ -54,7 +69,8 @@ def table(runs, metric: str, columns: str) -> tuple[list[str], list[str], dict[t
     if "{domain}" not in metric:
         raise ValueError(f"metric must contain the {{domain}} placeholder, got {metric!r}")
     if columns not in runs.columns:
-        raise ValueError(f"no run has the field {columns!r}; fields look like tags.method or params.<name>")
+        tags = sorted(c for c in runs.columns if c.startswith("tags.") and not c.startswith("tags.mlflow."))
+        raise ValueError(f"no run has the field {columns!r}; the runs have {', '.join(tags) or 'no tag'} and params.<name>")
     pattern = re.compile("^metrics\\." + re.escape(metric).replace(re.escape("{domain}"), "(?P<domain>[^/]+)") + "$")
     cells: dict[tuple[str, str], list[float]] = {}
     for name in runs.columns:
@@ -65,10 +81,33 @@ def table(runs, metric: str, columns: str) -> tuple[list[str], list[str], dict[t
             if value is not None and np.isfinite(value) and isinstance(column, str):
                 cells.setdefault((match["domain"], column), []).append(float(value))
     if not cells:
-        raise ValueError(f"no run logged a metric matching {metric!r}")
+        names = metric_templates([c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")], metric)
+        listed = "\n  ".join(names[:LISTED_METRICS]) + (f"\n  ... ({len(names) - LISTED_METRICS} more)" if len(names) > LISTED_METRICS else "")
+        hint = " (test_* metrics come from `mrcom test --ckpt_path runs:/<run_id>`)" if metric.startswith("test") else ""
+        raise ValueError(f"no run logged a metric matching {metric!r}{hint}; the runs logged:\n  {listed or '(no metric)'}")
     rows = sorted({domain for domain, _ in cells})
     cols = sorted({column for _, column in cells})
     return rows, cols, cells
+
+
+def metric_templates(names: list[str], metric: str) -> list[str]:
+    """Metric names, those that differ only where `metric` has `{domain}` written once with `{domain}`."""
+    parts = metric.split("/")
+    position = next((i for i, part in enumerate(parts) if "{domain}" in part), len(parts))
+    groups: dict[tuple, set[str]] = {}
+    for name in names:
+        segments = name.split("/")
+        if position < len(segments):
+            groups.setdefault((tuple(segments[:position]), tuple(segments[position + 1 :])), set()).add(segments[position])
+        else:
+            groups.setdefault((tuple(segments), ()), set()).add("")
+    templates = set()
+    for (head, tail), values in groups.items():
+        if values == {""}:
+            templates.add("/".join(head))
+        for value in ["{domain}"] if len(values) > 1 else values - {""}:
+            templates.add("/".join([*head, value, *tail]))
+    return sorted(templates, key=lambda t: ("{domain}" not in t, t))  # what --metric can name first
 
 
 def welch_p_value(a: list[float], b: list[float]) -> float:
@@ -96,9 +135,12 @@ def against_reference(cells, rows, cols, reference: str) -> dict[tuple[str, str]
 
 
 def cell_text(values: list[float] | None, precision: int) -> str:
+    """`mean ± std (n=k)` over the cell's runs; one run has no spread: `mean (n=1)`."""
     if not values:
         return "–"
-    return f"{np.mean(values):.{precision}f} ± {np.std(values):.{precision}f}"
+    if len(values) == 1:
+        return f"{values[0]:.{precision}f} (n=1)"
+    return f"{np.mean(values):.{precision}f} ± {np.std(values):.{precision}f} (n={len(values)})"
 
 
 def markdown(rows, cols, cells, precision: int, metric: str, reference: str | None = None) -> str:
@@ -148,7 +190,9 @@ def plot_bars(path: Path, rows, cols, cells, metric: str) -> None:
         stds = [np.std(cells.get((r, col), [np.nan])) for r in rows]
         ax.bar(np.arange(len(rows)) + i * width, means, width, yerr=stds, capsize=3, label=col)
     ax.set_xticks(np.arange(len(rows)) + width * (len(cols) - 1) / 2, rows)
-    ax.set_ylabel(metric)
+    # The metric's name with `{domain}` spelled out: test_id/{cheetah,hopper,walker}/open_loop_mse.
+    domains = rows[0] if len(rows) == 1 else "{" + ",".join(rows) + "}"
+    ax.set_ylabel(metric.replace("{domain}", domains), fontsize="small" if len(rows) > 1 else None)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -190,6 +234,28 @@ def plot_curves(path: Path, runs, columns: str, curve: str, tracking_uri: str) -
     return drawn
 
 
+def fail(message: str) -> None:
+    """Ends `mrcom compare` with the message (no usage text: the options were fine, the data not)."""
+    print(f"mrcom compare: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def log_comparison(args, files: list[Path]) -> str:
+    """Logs the outputs as artifacts of a run of experiment `args.log_experiment`; the run's summary."""
+    client = tracking.prepare_store(args.tracking_uri)
+    with tracking.store_lock(args.tracking_uri):
+        experiment_id = tracking.ensure_experiment(client, args.log_experiment)
+    name = "compare-" + args.metric.replace("{domain}", "*")
+    run = client.create_run(experiment_id, run_name=name, tags={"mrcom.compares": ", ".join(args.experiment)})
+    name = tracking.claim_run_name(client, args.tracking_uri, run, name)
+    keys = ("experiment", "metric", "columns", "filter", "curve", "reference")
+    tracking.log_params(client, run.info.run_id, {key: getattr(args, key) for key in keys})
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return f"logged to MLflow run {name} (id {run.info.run_id}) in experiment {args.log_experiment}"
+
+
 def compare_main(argv: list[str]) -> None:
     parser = compare_parser()
     args = parser.parse_args(argv)
@@ -199,13 +265,17 @@ def compare_main(argv: list[str]) -> None:
         if args.reference is not None and args.reference not in cols:
             raise ValueError(f"--reference {args.reference!r} is not one of the columns {cols}")
     except ValueError as err:
-        parser.error(str(err))
+        fail(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, cols, cells, args.precision, args.metric, args.reference)
     (out / "table.md").write_text(text + "\n")
     write_csv(out / "table.csv", rows, cols, cells, args.reference)
     plot_bars(out / "scores.png", rows, cols, cells, args.metric)
-    curves = plot_curves(out / "curves.png", runs, args.columns, args.curve, args.tracking_uri)
+    files = [out / "table.md", out / "table.csv", out / "scores.png"]
+    if plot_curves(out / "curves.png", runs, args.columns, args.curve, args.tracking_uri):
+        files.append(out / "curves.png")
     print(text)
-    print(f"\nwrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'scores.png'}" + (f", {out / 'curves.png'}" if curves else ""))
+    print("\nwrote " + ", ".join(map(str, files)))
+    if args.log_experiment:
+        print(log_comparison(args, files))
