@@ -131,10 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow store of the report ('' for none)")
     parser.add_argument("--progress", action="store_true", help="show each run's progress bar")
     args = parser.parse_args(argv)
-    if args.smoke:
+    if args.smoke:  # tiny values for every option left at its default
         for key, value in SMOKE.items():
-            setattr(args, key, value)
-        args.out = str(Path(args.out).parent / "adapt_efficiency_smoke")
+            if getattr(args, key) == parser.get_default(key):
+                setattr(args, key, value)
+        if args.out == parser.get_default("out"):
+            args.out = str(Path(args.out).parent / "adapt_efficiency_smoke")
     default_methods = ("mrcom",) + CONTROLS + (DIAGNOSTICS if args.targets == "tuning" else ())
     args.methods = tuple(args.methods.split(",")) if args.methods else default_methods
     unknown = set(args.methods) - set(("mrcom",) + CONTROLS + DIAGNOSTICS)
