@@ -14,12 +14,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from mrcom_lightning import tracking
 from mrcom_lightning.compare import against_reference, markdown, plot_bars, welch_p_value
-from mrcom_lightning.sweep import cell_name, sweep_main
+from mrcom_lightning.sweep import cell_name, grid_run, run_cells, sweep_parser
 from mrcom_lightning.tracking import TEST_METRICS
 
 REFERENCE = "mrcom"
@@ -48,9 +50,8 @@ def study_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with the options below")
     parser.add_argument(
         "--sizes",
-        type=str,
+        type=Literal["cpu", "paper"],
         default="cpu",
-        choices=list(SIZES),
         help="cpu: reduced widths and budget (configs/study/cpu.yaml), about an hour on one core; paper: "
         "configs/multi.yaml's sizes (GPUs)",
     )
@@ -163,6 +164,17 @@ def report(results, root: Path) -> str:
     return text
 
 
+def log_report(client, run_id: str, root: Path, summary: str) -> None:
+    """The report's files as artifacts of the study's parent run (`report/`), its summary as metrics."""
+    for name in ("report.md", "report.csv", "open_loop_mse.png", "open_loop_reward_mse.png"):
+        if (root / name).is_file():
+            client.log_artifact(run_id, str(root / name), "report")
+    values = {key: float(value) for key, value in (item.split("=") for item in summary.split())}
+    for key, value in values.items():
+        if np.isfinite(value):
+            client.log_metric(run_id, key, value)
+
+
 def study_main(argv: list[str]) -> None:
     parser = study_parser()
     args = parser.parse_args(argv)
@@ -170,13 +182,23 @@ def study_main(argv: list[str]) -> None:
     if unknown:
         parser.error(f"--variants: unknown {unknown}; allowed: {list(VARIANTS)}")
     root = Path(args.root)
-    if not args.report_only:
-        base = args.base if args.base is not None else SIZES[args.sizes]
-        sweep = ["--root", str(root), "--base", json.dumps(base), "--seeds", json.dumps(args.seeds),
-                 "--variants", json.dumps([VARIANTS[v] for v in args.variants]), "--overrides", json.dumps(args.overrides)]
-        sweep_main(sweep)
-    results = load_results(root, args.variants, args.seeds)
-    if not results:
+    if args.report_only and not load_results(root, args.variants, args.seeds):
         parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
-    print(report(results, root))
-    print(f"wrote {root / 'report.md'} and {root / 'report.csv'}")
+    base = args.base if args.base is not None else SIZES[args.sizes]
+    sizes = args.sizes if args.base is None else "custom"
+    sweep = sweep_parser().parse_args(
+        ["--root", str(root), "--base", json.dumps(base), "--seeds", json.dumps(args.seeds),
+         "--variants", json.dumps([VARIANTS[v] for v in args.variants]), "--overrides", json.dumps(args.overrides)]
+    )  # fmt: skip
+    params = {"sizes": sizes, "base": base, "variants": args.variants, "seeds": args.seeds, "overrides": args.overrides}
+    params = {key: json.dumps(value) for key, value in params.items()} | {"root": str(root)}
+    with grid_run(root, base, args.overrides, f"study-{sizes}", params) as (uri, run_id):
+        if not args.report_only:
+            run_cells(sweep, run_id)
+        results = load_results(root, args.variants, args.seeds)
+        if not results:
+            parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
+        text = report(results, root)
+        log_report(tracking.prepare_store(uri), run_id, root, text.strip().splitlines()[-1])
+    print(text)
+    print(f"wrote {root / 'report.md'} and {root / 'report.csv'}; logged to the MLflow run {run_id} (report/)")

@@ -7,12 +7,19 @@ from its `last.ckpt`. Compare the results with `mrcom compare`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
+
+from mrcom_lightning import tracking
+
+PARENT_RUN_FILE = "mlflow_parent_run"  # in the grid's folder: the parent run's id, kept for a re-run
 
 
 def sweep_parser() -> ArgumentParser:
@@ -56,8 +63,37 @@ def commands(args) -> list[tuple[Path, list[list[str]]]]:
     return cells
 
 
-def sweep_main(argv: list[str]) -> None:
-    args = sweep_parser().parse_args(argv)
+def logger_settings(configs: list[str], overrides: list[str]) -> dict[str, str]:
+    """The cells' MLflow `experiment_name` and `tracking_uri`: the last config (or override) that sets each."""
+    from mrcom_lightning.cli import resolve_configs
+
+    settings = {"experiment_name": "mrcom", "tracking_uri": tracking.DEFAULT_TRACKING_URI}
+    for path in resolve_configs([arg for config in configs for arg in ("--config", config)])[1::2]:
+        try:
+            logger = (yaml.safe_load(Path(path).read_text()) or {})["trainer"]["logger"]["init_args"]
+        except (KeyError, TypeError):
+            continue
+        settings |= {key: logger[key] for key in settings if logger.get(key)}
+    for key in settings:
+        option = f"--trainer.logger.init_args.{key}"
+        if option in overrides[:-1]:
+            settings[key] = overrides[overrides.index(option) + 1]
+    return settings
+
+
+@contextlib.contextmanager
+def grid_run(root: Path, configs: list[str], overrides: list[str], name: str, params: dict):
+    """The parent MLflow run of a grid, in its cells' experiment: yields `(tracking_uri, run id)`;
+    the cells started inside get it as `$MRCOM_PARENT_RUN_ID` and nest under it."""
+    settings = logger_settings(configs, overrides)
+    uri = settings["tracking_uri"]
+    with tracking.parent_run(uri, settings["experiment_name"], name, params, root / PARENT_RUN_FILE) as run_id:
+        yield uri, run_id
+
+
+def run_cells(args, parent_run_id: str | None) -> None:
+    """Fits and tests every cell not done yet, one after another."""
+    env = dict(os.environ, **({tracking.PARENT_RUN_ENV: parent_run_id} if parent_run_id else {}))
     for folder, steps in commands(args):
         done = folder / "done.json"
         if done.exists():
@@ -66,6 +102,16 @@ def sweep_main(argv: list[str]) -> None:
         for command in steps:
             print("$ " + " ".join(command[1:]), flush=True)
             if not args.dry_run:
-                subprocess.run(command, check=True)
+                subprocess.run(command, check=True, env=env)
         if not args.dry_run:
             done.write_text(json.dumps({"commands": [c[1:] for c in steps]}, indent=1))
+
+
+def sweep_main(argv: list[str]) -> None:
+    args = sweep_parser().parse_args(argv)
+    if args.dry_run:
+        return run_cells(args, None)
+    name = "sweep-" + "+".join(Path(config).stem for config in args.base)
+    params = {key: json.dumps(getattr(args, key)) for key in ("base", "variants", "seeds", "overrides")}
+    with grid_run(Path(args.root), args.base, args.overrides, name, params | {"root": args.root}) as (_, run_id):
+        run_cells(args, run_id)

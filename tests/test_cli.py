@@ -131,10 +131,14 @@ def test_fit_logs_to_mlflow_and_checkpoints(quick_fit):
     checkpoints = cwd / "runs/quick/checkpoints"
     assert (checkpoints / "best.ckpt").is_file() and (checkpoints / "last.ckpt").is_file()
     assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == 60
-    assert quick_fit.stdout.strip().splitlines()[-2:] == [
+    lines = quick_fit.stdout.strip().splitlines()
+    assert lines[-5:-3] == [
         "best checkpoint: runs/quick/checkpoints/best.ckpt",
         "last checkpoint: runs/quick/checkpoints/last.ckpt",
     ]
+    assert lines[-3].startswith(f"MLflow run quick-mrcom-seed0 (id {run.info.run_id}) in experiment quick")
+    assert lines[-1].strip().startswith(f"mlflow ui --backend-store-uri sqlite:///{cwd / 'mlruns.db'}")
+    assert "train/loss" not in run.data.metrics  # the progress bar's copy of train/loss/total
 
 
 @pytest.mark.slow
@@ -211,7 +215,7 @@ def test_resume_after_kill_continues_steps_and_stream(tmp_path, dataset_root):
     client = mlflow_client(tmp_path)
     runs = mlflow_runs(tmp_path)
     assert len(runs) == 2 and runs[0].info.status != "FINISHED" and runs[1].info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(runs[1].info.run_id, "train/loss"))
+    steps = sorted(m.step for m in client.get_metric_history(runs[1].info.run_id, "train/loss/total"))
     assert steps and steps[0] >= saved_step and steps[-1] < 400
     assert len(steps) <= (400 - saved_step) // 10 + 1  # log_every_n_steps: 10 in quick.yaml
 

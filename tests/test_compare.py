@@ -45,8 +45,8 @@ def test_table_has_exact_means_and_stds(store, tmp_path, capsys):
     main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--out", str(out), "--precision", "3"])
     printed = capsys.readouterr().out
     hopper_mrcom = [1.0, 2.0, 4.5]
-    assert f"{np.mean(hopper_mrcom):.3f} ± {np.std(hopper_mrcom):.3f}" in printed
-    assert "| walker | 6.000 ± 1.633 | 10.500 ± 0.500 |" in printed
+    assert f"{np.mean(hopper_mrcom):.3f} ± {np.std(hopper_mrcom):.3f} (n=3)" in printed
+    assert "| walker | 6.000 ± 1.633 (n=3) | 10.500 ± 0.500 (n=2) |" in printed
     rows = {(r["domain"], r["column"]): r for r in csv.DictReader((out / "table.csv").open())}
     assert set(rows) == {("hopper", "mrcom"), ("hopper", "rssm"), ("walker", "mrcom"), ("walker", "rssm")}
     assert float(rows["hopper", "mrcom"]["mean"]) == pytest.approx(np.mean(hopper_mrcom), abs=1e-12)
@@ -63,18 +63,23 @@ def test_filter_and_columns(store, tmp_path, capsys):
     main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--filter", "tags.method = 'rssm'",
           "--columns", "params.seed", "--out", str(tmp_path / "cmp")])
     printed = capsys.readouterr().out
-    assert "| hopper | 3.00 ± 0.00 | 5.00 ± 0.00 |" in printed
+    assert "| hopper | 3.00 (n=1) | 5.00 (n=1) |" in printed  # one run per seed: no spread to show
 
 
-def test_missing_metric_or_field_is_a_usage_error(store, tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_missing_metric_lists_the_logged_ones_without_usage(store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--metric", "test_id/{domain}/nope",
               "--out", str(tmp_path / "x")])
-    assert "nope" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" not in err and "'test_id/{domain}/nope'" in err
+    listed = err.split("the runs logged:")[1].split()
+    assert listed == ["test_id/{domain}/open_loop_mse", "val/loss"]  # hopper and walker as one name
+    with pytest.raises(SystemExit) as exit_:
         main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--columns", "tags.variant",
               "--out", str(tmp_path / "x")])
-    assert "tags.variant" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" not in err and "'tags.variant'" in err and "tags.method" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_welch_p_value_matches_the_textbook_formula():
@@ -101,7 +106,7 @@ def test_reference_adds_ratio_and_p_value_columns(store, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| test_id/{domain}/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in printed
     walker_p = welch_p_value([10.0, 11.0], [4.0, 6.0, 8.0])
-    assert f"| walker | 6.00 ± 1.63 | 10.50 ± 0.50 | {10.5 / 6.0:.2f} | {walker_p:.3g} |" in printed
+    assert f"| walker | 6.00 ± 1.63 (n=3) | 10.50 ± 0.50 (n=2) | {10.5 / 6.0:.2f} | {walker_p:.3g} |" in printed
     rows = {(r["domain"], r["column"]): r for r in csv.DictReader((out / "table.csv").open())}
     assert float(rows["walker", "rssm"]["ratio_to_reference"]) == pytest.approx(10.5 / 6.0)
     assert float(rows["walker", "rssm"]["p_value"]) == pytest.approx(walker_p)
@@ -109,3 +114,37 @@ def test_reference_adds_ratio_and_p_value_columns(store, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--tracking_uri", store, "--experiment", "[multi]", "--out", str(out), "--reference", "nope"])
     assert "--reference 'nope'" in capsys.readouterr().err
+
+
+def test_one_run_shows_n_and_outputs_go_to_a_comparison_run(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("quick")
+    with mlflow.start_run(tags={"method": "mrcom"}):
+        mlflow.log_metric("test_id/hopper/open_loop_mse", 18.4431)
+    out = tmp_path / "cmp"
+    main(["compare", "--tracking_uri", uri, "--experiment", "[quick]", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| hopper | 18.44 (n=1) |" in printed and "±" not in printed
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("comparisons")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "compare-test_id/*/open_loop_mse" and run.data.tags["mrcom.compares"] == "quick"
+    assert run.data.params["metric"] == "test_id/{domain}/open_loop_mse"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.md", "table.csv", "scores.png"}
+    assert f"logged to MLflow run {run.info.run_name} (id {run.info.run_id})" in printed
+
+
+def test_bar_axis_spells_the_metric_out(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from mrcom_lightning.compare import plot_bars
+
+    labels = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda self, label, **kwargs: labels.append(label))
+    cells = {("hopper", "mrcom"): [1.0], ("walker", "mrcom"): [2.0]}
+    plot_bars(tmp_path / "a.png", ["hopper", "walker"], ["mrcom"], cells, "test_id/{domain}/open_loop_mse")
+    plot_bars(tmp_path / "b.png", ["hopper"], ["mrcom"], cells, "test_id/{domain}/open_loop_mse")
+    assert labels == ["test_id/{hopper,walker}/open_loop_mse", "test_id/hopper/open_loop_mse"]

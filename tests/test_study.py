@@ -4,6 +4,8 @@ finished cells skipped on a re-run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +31,18 @@ def fake_metrics(variant: str, seed: int) -> dict[str, float]:
 
 
 @pytest.fixture
-def fake_cells(monkeypatch):
-    """Runs no command: a cell's `test` writes the fake metrics its variant and seed would give."""
-    calls = []
+def fake_cells(monkeypatch, tmp_path):
+    """Runs no `mrcom` command: a cell's `test` writes the fake metrics its variant and seed would
+    give. The calls' environments are in `calls.envs`; the MLflow store is in `tmp_path`."""
+    calls = FakeCalls()
     stems = {Path(path).stem if path else "base": name for name, path in study.VARIANTS.items()}
+    real_run = subprocess.run
 
-    def run(command, check):
+    def run(command, check=False, env=None, **kwargs):
+        if command[:3] != [sys.executable, "-m", "mrcom_lightning.cli"]:  # git, asked by the tracking
+            return real_run(command, check=check, env=env, **kwargs)
         calls.append(command)
+        calls.envs.append(env or {})
         if command[3] == "test":
             folder = Path(command[command.index("--ckpt_path") + 1]).parent.parent
             stem, seed = folder.name.rsplit("-seed", 1)
@@ -43,7 +50,26 @@ def fake_cells(monkeypatch):
             (folder / study.TEST_METRICS).write_text(json.dumps(fake_metrics(stems[stem], int(seed))))
 
     monkeypatch.setattr("mrcom_lightning.sweep.subprocess.run", run)
+    monkeypatch.chdir(tmp_path)
     return calls
+
+
+class FakeCalls(list):
+    def __init__(self):
+        super().__init__()
+        self.envs = []
+
+    def clear(self):
+        super().clear()
+        self.envs.clear()
+
+
+def parent_runs(cwd: Path, experiment: str = "generalization") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlruns.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([found.experiment_id]) if found else [])
 
 
 def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_path, capsys):
@@ -64,11 +90,11 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert "| test_ood_dynamics/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in text
     assert text.count("| naive | naive ÷ mrcom | p |") == len(study.SPLITS) * len(study.ERRORS)
     naive_row = next(line for line in text.splitlines() if line.startswith("| overall |"))
-    assert f"| 11.0000 ± 0.8165 | {11 / 1.1:.4f} |" in naive_row  # the naive forecast: 10 + seed
+    assert f"| 11.0000 ± 0.8165 (n=3) | {11 / 1.1:.4f} |" in naive_row  # the naive forecast: 10 + seed
     # rssm's errors are 2 + 0.1 seed against mrcom's 1 + 0.1 seed: ratio 2.1 / 1.1, Welch p of those samples.
     mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.1, 2.2]
     p = stats.ttest_ind(rssm, mrcom, equal_var=False).pvalue
-    row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.1000 ± 0.0816" in line)
+    row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.1000 ± 0.0816 (n=3)" in line)
     assert f"| {2.1 / 1.1:.4f} | {p:.3g} |" in row
     assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={1.1 / 2.1:.3f} p={p:.3g} seeds=3")
     assert (root / "open_loop_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
@@ -76,9 +102,19 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_value"
     assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.VARIANTS) + 1)
 
+    # One parent MLflow run for the grid: every cell gets its id, the report is its artifact.
+    client, runs = parent_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_name == "study-cpu"
+    parent = runs[0].info.run_id
+    assert {env[study.tracking.PARENT_RUN_ENV] for env in fake_cells.envs} == {parent}
+    assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.md", "report/report.csv"}
+    assert runs[0].data.metrics["mrcom_over_rssm_ood_open_loop"] == pytest.approx(1.1 / 2.1, abs=1e-3)
+    assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
     fake_cells.clear()
     main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
     assert fake_cells == []  # every cell is done: a re-run only reports
+    assert [r.info.run_id for r in parent_runs(tmp_path)[1]] == [parent]  # into the same parent run
 
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
@@ -92,7 +128,8 @@ def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     assert "mrcom_over_rssm_ood_open_loop=nan" in out  # no rssm cell: no summary ratio
 
 
-def test_bad_variant_and_no_results_are_clear_errors(tmp_path, capsys):
+def test_bad_variant_and_no_results_are_clear_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         main(["study", "--root", str(tmp_path), "--variants", "[dreamer]"])
     assert "unknown ['dreamer']" in capsys.readouterr().err
