@@ -15,21 +15,21 @@ What an entry must provide (everything downstream — `mjcf.scaled_model`, `make
 * the `physics` class that compiles it (default: the module's `Physics`);
 * a `task(target_speed=..., random=...)` whose reward lies in [0, 1] and peaks at the speed;
 * where the torso lies: the body `torso` holding the geoms `torso_geoms`, its length along
-  `torso_axis`; which entries of those geoms' `size` are scaled as the radius
-  (`torso_radius`, default the capsule radius `size[0]`) and as the length (`torso_length`,
-  default a capsule's half-length `size[1]` unless the geom is given by `fromto`);
+  `torso_axis`; which entries of those geoms' `size` are scaled as the radius and as the
+  length (by default read from each geom's kind, see `mjcf.scaled_model`);
 * the timing and sizes: `control_timestep`, `episode_steps`, `obs_dim`, `act_dim`.
 
-The defaults describe the three capsule-torso domains below, which set none of the optional
-fields. Note that `MetaScenarioSet` seeds each domain's draws by its index in `sorted(DOMAINS)`,
-so registering a new domain here shifts the draws of the domains sorted after it; a domain used
-only in one experiment or test can be added to a copy of the registry instead
-(`monkeypatch.setitem(DOMAINS, name, entry)`, see tests/test_domain_registry.py).
+The three paper domains below set none of the optional fields. Other domains come from
+plugins (`mrcom_lightning.scenarios.plugins`, docs/extending.md): `register_domain` checks an
+entry against one reset of its environment before adding it here. Each domain's scenario draws
+come from a stream of its own (`draw_key`), so registering one leaves the others' unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import zlib
 from types import ModuleType
 from typing import Callable, Optional, Union
 
@@ -114,10 +114,12 @@ class Domain:
         physics: the `mujoco.Physics` subclass that compiles the model and that the task reads;
             default: `module.Physics`.
         torso_geoms: names of the geoms of the body `torso` whose size is scaled.
-        torso_radius: entries of those geoms' `size` multiplied by `size_scale`.
-        torso_length: entries of those geoms' `size` multiplied by `length_scale` (half-lengths
-            along `torso_axis`); None: a capsule's half-length `size[1]`, unless the geom is given
-            by `fromto`, whose ends are scaled instead.
+        torso_radius: entries of those geoms' `size` multiplied by `size_scale`; None: by the
+            geom's kind (sphere, capsule, cylinder: the radius `size[0]`; box, ellipsoid: the two
+            half-sizes across `torso_axis`).
+        torso_length: entries of those geoms' `size` multiplied by `length_scale`; None: by the
+            geom's kind (capsule, cylinder: the half-length `size[1]`, for a `fromto` geom its
+            segment; box, ellipsoid: the half-size along `torso_axis`; sphere: none).
     """
 
     name: str
@@ -132,7 +134,7 @@ class Domain:
     model: Optional[Callable[[], tuple[Union[str, bytes], dict]]] = None
     physics: Optional[type] = None
     torso_geoms: tuple[str, ...] = ("torso",)
-    torso_radius: tuple[int, ...] = (0,)
+    torso_radius: Optional[tuple[int, ...]] = None
     torso_length: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
@@ -149,15 +151,29 @@ class Domain:
             object.__setattr__(self, "physics", self.module.Physics)
         if self.torso_axis not in (0, 1, 2):
             raise ValueError(f"domain {self.name!r}: torso_axis must be 0, 1 or 2, got {self.torso_axis!r}")
+        for field in ("max_speed", "control_timestep", "episode_steps", "obs_dim", "act_dim"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"domain {self.name!r}: {field} must be > 0, got {getattr(self, field)!r}")
         object.__setattr__(self, "torso_geoms", tuple(self.torso_geoms))
-        object.__setattr__(self, "torso_radius", tuple(int(i) for i in self.torso_radius))
-        if self.torso_length is not None:
-            object.__setattr__(self, "torso_length", tuple(int(i) for i in self.torso_length))
+        for field in ("torso_radius", "torso_length"):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, tuple(int(i) for i in getattr(self, field)))
+        if self.torso_radius is not None and self.torso_length is not None:
             if set(self.torso_radius) & set(self.torso_length):
                 raise ValueError(
                     f"domain {self.name!r}: a size entry cannot be both radius and length, got "
                     f"torso_radius={self.torso_radius}, torso_length={self.torso_length}"
                 )
+
+    def __reduce__(self):
+        # Pickled by the module's name (a module object does not pickle), so that collection
+        # workers started with `spawn` receive entries registered only in their parent.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _domain_from_fields, (fields | {"module": self.module.__name__},)
+
+
+def _domain_from_fields(fields: dict) -> Domain:
+    return Domain(**(fields | {"module": importlib.import_module(fields["module"])}))
 
 
 DOMAINS: dict[str, Domain] = {
@@ -167,7 +183,30 @@ DOMAINS: dict[str, Domain] = {
 }
 
 
+# The paper domains keep the stream keys they had as their index in the sorted registry of three,
+# so that their scenario draws (and the shipped agents, datasets and results) never change.
+PAPER_DRAW_KEYS = {"cheetah": 0, "hopper": 1, "walker": 2}
+
+
+def draw_key(name: str) -> int:
+    """The key of domain `name`'s scenario stream in `MetaScenarioSet`: fixed for the paper
+    domains, a stable hash of the name (CRC-32, above 2**32, so never one of theirs) for any
+    other. It depends on nothing else registered."""
+    return PAPER_DRAW_KEYS.get(name, 2**32 + zlib.crc32(name.encode()))
+
+
+UNKNOWN_DOMAIN_HINT = (
+    "a domain of your own is registered by a module named with --domains_module (or in "
+    "MRCOM_DOMAINS_MODULES) or by an installed plugin (entry point group 'mrcom.domains'); see docs/extending.md"
+)
+
+
+def unknown_domain(name: str, what: str = "domain") -> ValueError:
+    """The error for a domain that is not registered, naming the registered ones and the way in."""
+    return ValueError(f"{what}: unknown domain {name!r}; registered: {sorted(DOMAINS)} ({UNKNOWN_DOMAIN_HINT})")
+
+
 def get_domain(name: str) -> Domain:
     if name not in DOMAINS:
-        raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {name!r}")
+        raise unknown_domain(name)
     return DOMAINS[name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from dm_control.rl import control
 
@@ -17,6 +19,10 @@ class ScenarioEnv:
 
     Observations are dm_control's observation dict flattened in its own order, cast to
     float32 and passed through the scenario's observation function. Actions lie in [-1, 1].
+
+    The task is built as `task(target_speed=..., random=...)`; a task whose constructor also
+    takes `length_scale` or `size_scale` is given the scenario's, e.g. to scale a standing
+    height with the torso (the paper domains' tasks do not: their thresholds stay dm_control's).
     """
 
     def __init__(self, spec: ScenarioSpec, seed: int | None = None, episode_steps: int | None = None):
@@ -28,10 +34,10 @@ class ScenarioEnv:
         xml, assets = scaled_model(self.domain, spec.length_scale, spec.size_scale)
         physics = self.domain.physics.from_xml_string(xml, assets)
         episode_seed = spec.seed if seed is None else seed
-        task = self.domain.task(
-            target_speed=spec.target_speed * self.domain.max_speed,
-            random=np.random.RandomState(episode_seed),
-        )
+        task_args = dict(target_speed=spec.target_speed * self.domain.max_speed, random=np.random.RandomState(episode_seed))
+        accepted = inspect.signature(self.domain.task).parameters
+        task_args |= {name: getattr(spec, name) for name in ("length_scale", "size_scale") if name in accepted}
+        task = self.domain.task(**task_args)
         self._env = control.Environment(
             physics,
             task,
@@ -50,6 +56,11 @@ class ScenarioEnv:
         # dm_control's Task keeps its RandomState in `_random` and draws initial states from it.
         self._env.task._random = np.random.RandomState(seed)
         self._observe.seed(generator(self.spec.seed, seed))
+
+    @property
+    def environment(self) -> control.Environment:
+        """The dm_control environment (dict observations, no observation function)."""
+        return self._env
 
     @property
     def physics(self):

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mrcom_lightning.scenarios.domains import DOMAINS
+from mrcom_lightning.scenarios.domains import DOMAINS, draw_key, unknown_domain
 from mrcom_lightning.seeding import generator
 from mrcom_lightning.scenarios.spec import OBS_FNS, ScenarioSpec
 
@@ -27,8 +27,9 @@ class MetaScenarioSet:
     [1-2α, 1-α) ∪ (1+α, 1+2α] and speeds from [β_lo-w, β_lo) ∪ (β_hi, β_hi+w], w = β_hi-β_lo
     (kept above zero): `test_ood` both at once, `test_ood_dynamics` only the scales (speeds in
     range) and `test_ood_objective` only the speed (scales in range), so that each kind of
-    extrapolation can be reported apart (`ood_kind`). Each split draws from its own seeded stream,
-    so adding test scenarios never changes the training ones.
+    extrapolation can be reported apart (`ood_kind`). Each split and domain draws from its own
+    seeded stream (`domains.draw_key`), so adding test scenarios never changes the training ones,
+    and registering or adding a domain never changes another domain's scenarios.
 
     Args:
         domains: dm_control domains to draw from.
@@ -64,7 +65,7 @@ class MetaScenarioSet:
             raise ValueError("scenarios.domains must name at least one domain, got an empty list")
         for domain in self.domains:
             if domain not in DOMAINS:
-                raise ValueError(f"scenarios.domains: unknown domain {domain!r}; allowed: {sorted(DOMAINS)}")
+                raise unknown_domain(domain, "scenarios.domains")
         if self.alpha is not None and not 0.0 < self.alpha < 0.5:
             raise ValueError(f"scenarios.alpha must be in (0, 0.5) (or null for fixed dynamics), got {self.alpha!r}")
         if len(self.beta) != 2:
@@ -85,7 +86,8 @@ class MetaScenarioSet:
             raise ValueError(f"scenarios.num_test_ood_objective needs an objective range: beta=({lo}, {hi}) fixes it")
 
     def _rng(self, split: str, domain: str) -> np.random.Generator:
-        return generator(self.seed, SPLITS.index(split), sorted(DOMAINS).index(domain))
+        # Keyed by the domain's own stable key, never by what else is registered.
+        return generator(self.seed, SPLITS.index(split), draw_key(domain))
 
     def _scale(self, rng: np.random.Generator, ood: bool) -> float:
         if self.alpha is None:

@@ -14,7 +14,7 @@ class ScenarioSpec:
     """One scenario of the meta-scenario set.
 
     Attributes:
-        domain: a registered dm_control domain (`hopper`, `walker`, `cheetah`).
+        domain: a registered dm_control domain (`hopper`, `walker`, `cheetah`, or a plugin's).
         length_scale: multiplier of the torso's length (its attachments move with it).
         size_scale: multiplier of the torso's radius (mass and inertia follow).
         target_speed: the speed at which the reward peaks, as a fraction of the domain's
@@ -31,10 +31,10 @@ class ScenarioSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from mrcom_lightning.scenarios.domains import DOMAINS
+        from mrcom_lightning.scenarios.domains import DOMAINS, unknown_domain
 
         if self.domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {self.domain!r}")
+            raise unknown_domain(self.domain)
         if self.obs_fn not in OBS_FNS:
             raise ValueError(f"obs_fn must be one of {list(OBS_FNS)}, got {self.obs_fn!r}")
         for name in ("length_scale", "size_scale", "target_speed"):
