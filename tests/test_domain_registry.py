@@ -1,22 +1,26 @@
 """The domain registry (DESIGN.md §2): one `Domain` entry is all a new domain needs.
 
-The worked example registers dm_control's quadruped, whose suite module builds its model with
-`make_model(...)` instead of `get_model_and_assets()` and whose torso is an ellipsoid, not a
-capsule. It is registered only for the test that uses it (`monkeypatch.setitem`), so the real
-registry, and with it the seeded draws of `MetaScenarioSet`, stays the three paper domains.
+The worked example is the example plugin's quadruped (examples/quadruped_plugin), whose suite
+module builds its model with `make_model(...)` instead of `get_model_and_assets()` and whose
+torso is an ellipsoid, not a capsule. It is registered only for the tests that use it; the
+paper domains' scenario draws are pinned and stay the same with it registered.
 """
 
+import dataclasses
 import functools
 import xml.etree.ElementTree as ET
+import zlib
 
 import numpy as np
 import pytest
 from dm_control import mujoco
 from dm_control.suite import cheetah, common, hopper, quadruped, walker
-from dm_control.utils import rewards
 
-from mrcom_lightning.scenarios import DOMAINS, Domain, MetaScenarioSet, ScenarioSpec, get_domain, make_env
+from mrcom_lightning.scenarios import (
+    DOMAINS, SPLITS, Domain, MetaScenarioSet, ScenarioSpec, draw_key, get_domain, make_env, register_domain,
+)
 from mrcom_lightning.scenarios.mjcf import scaled_model, scaled_model_xml
+from example_plugin import registered_example
 
 DOMAIN_NAMES = ("hopper", "walker", "cheetah")
 SCALES = [(1.0, 1.0), (0.7, 1.3), (1.3, 0.7), (1.2, 1.1), (0.85, 0.6)]  # (length, size)
@@ -105,97 +109,64 @@ def test_paper_domains_use_the_defaults(domain):
     assert (entry.torso_geoms, entry.torso_radius, entry.torso_length) == (("torso",), None, None)
 
 
-def test_real_registry_holds_the_paper_domains_only():
-    # `MetaScenarioSet._rng` seeds by `sorted(DOMAINS).index(domain)`: a new entry would shift draws.
+def test_the_shipped_registry_holds_the_paper_domains_only():
     assert sorted(DOMAINS) == ["cheetah", "hopper", "walker"]
     assert MetaScenarioSet().domains == ("hopper", "walker", "cheetah")
     with pytest.raises(ValueError, match="unknown domain .quadruped.*--domains_module"):
         ScenarioSpec("quadruped")
 
 
-# --- Worked example: quadruped, one entry. ---
-
-
-class QuadrupedTargetSpeed(quadruped.Move):
-    """dm_control's quadruped `run` task with the move term peaking at `target_speed`."""
-
-    def __init__(self, target_speed: float, random=None):
-        super().__init__(desired_speed=target_speed, random=random)
-        self.target_speed = target_speed
-
-    def get_reward(self, physics):
-        v = self.target_speed
-        move = rewards.tolerance(
-            physics.torso_velocity()[0], bounds=(v, v), margin=v / 2, value_at_margin=0.5, sigmoid="linear"
-        )
-        return quadruped._upright_reward(physics) * move
-
-
-def quadruped_model():
-    """quadruped's flat-floor model (as its `walk`/`run` tasks build it) and the suite's assets."""
-    return quadruped.make_model(floor_size=None, terrain=False, rangefinders=False, walls_and_ball=False), common.ASSETS
-
-
-QUADRUPED = Domain(
-    name="quadruped",
-    module=quadruped,
-    task=QuadrupedTargetSpeed,
-    torso_axis=0,  # the body's length lies along x
-    max_speed=quadruped._RUN_SPEED,  # 5 m/s
-    control_timestep=quadruped._CONTROL_TIMESTEP,  # 0.02 s
-    episode_steps=1000,  # _DEFAULT_TIME_LIMIT = 20 s
-    obs_dim=78,  # egocentric_state 44, torso_velocity 3, torso_upright 1, imu 6, force_torque 24
-    act_dim=12,
-    model=quadruped_model,  # the module has no get_model_and_assets
-    torso_radius=(1, 2),  # the ellipsoid `torso` (size .3 .27 .2): y and z semi-axes ...
-    torso_length=(0,),  # ... and the x semi-axis
-)
+# --- Worked example: quadruped, one entry in the example plugin (examples/quadruped_plugin). ---
 
 
 @pytest.fixture
-def with_quadruped(monkeypatch):
-    monkeypatch.setitem(DOMAINS, "quadruped", QUADRUPED)
-    return QUADRUPED
+def plugin():
+    """The example plugin's domains module, imported afresh: `quadruped` is registered."""
+    with registered_example() as module:
+        yield module
 
 
-def test_quadruped_model_is_as_declared():
-    xml, assets = quadruped_model()
+def test_quadruped_model_is_as_declared(plugin):
+    xml, assets = plugin.quadruped_model()
     torso = ET.fromstring(xml).find(".//worldbody/body[@name='torso']")
     geom = torso.find("geom[@name='torso']")
     assert geom.attrib["type"] == "ellipsoid" and _reference_floats(geom.attrib["size"]).tolist() == [0.3, 0.27, 0.2]
     hips = [body for body in torso.findall("body")]
     assert len(hips) == 4 and all(abs(_reference_floats(b.attrib["pos"])[0]) == 0.2 for b in hips)
     with pytest.raises(ValueError, match="get_model_and_assets"):
-        Domain("quadruped", quadruped, QuadrupedTargetSpeed, 0, 5.0, 0.02, 1000, 78, 12)
-    assert QUADRUPED.physics is quadruped.Physics
+        Domain("quadruped", quadruped, plugin.QuadrupedTargetSpeed, 0, 5.0, 0.02, 1000, 78, 12)
+    assert plugin.QUADRUPED.physics is quadruped.Physics
+    assert DOMAINS["quadruped"] is plugin.QUADRUPED
 
 
-def test_quadruped_entry_builds_and_steps(with_quadruped):
+def test_quadruped_entry_builds_and_steps(plugin):
+    entry = plugin.QUADRUPED
     spec = ScenarioSpec(domain="quadruped", length_scale=1.2, size_scale=1.1, target_speed=0.5)
     env = make_env(spec, episode_steps=20)
-    assert env.obs_dim == QUADRUPED.obs_dim and env.act_dim == QUADRUPED.act_dim
+    assert env.obs_dim == entry.obs_dim and env.act_dim == entry.act_dim
     assert env.task.target_speed == pytest.approx(0.5 * quadruped._RUN_SPEED)
     rng = np.random.default_rng(0)
     obs = env.reset()
-    assert obs.shape == (QUADRUPED.obs_dim,) and obs.dtype == np.float32
+    assert obs.shape == (entry.obs_dim,) and obs.dtype == np.float32
     steps, done, rewards_seen = 0, False, []
     while not done:
         obs, reward, done = env.step(env.random_action(rng))
         steps += 1
-        assert obs.shape == (QUADRUPED.obs_dim,) and np.isfinite(obs).all()
+        assert obs.shape == (entry.obs_dim,) and np.isfinite(obs).all()
         rewards_seen.append(reward)
     assert steps == 20
     assert np.isfinite(rewards_seen).all() and all(0.0 <= r <= 1.0 for r in rewards_seen)
 
 
-def test_quadruped_torso_follows_scales(with_quadruped):
+def test_quadruped_torso_follows_scales(plugin):
     def physics(**scales):
         return make_env(ScenarioSpec("quadruped", **scales), episode_steps=1).physics
 
     # Keep each physics alive: `physics.named` only holds a weak reference to it.
     physics_objects = [physics(), physics(size_scale=1.3), physics(length_scale=1.3)]
     default, wide, long = (p.named.model for p in physics_objects)
-    # The torso body's mass is its ellipsoid's (the eyes have mass 0): volume ∝ product of semi-axes.
+    # The ellipsoid's semi-axis along the torso axis (x) is its length, the two others its radius;
+    # the torso body's mass is the ellipsoid's (the eyes have mass 0): volume ∝ product of semi-axes.
     assert wide.body_mass["torso"] == pytest.approx(default.body_mass["torso"] * 1.3**2, rel=1e-5)
     assert long.body_mass["torso"] == pytest.approx(default.body_mass["torso"] * 1.3, rel=1e-5)
     np.testing.assert_allclose(wide.geom_size["torso"], default.geom_size["torso"] * [1, 1.3, 1.3], rtol=1e-5)
@@ -209,7 +180,15 @@ def test_quadruped_torso_follows_scales(with_quadruped):
     np.testing.assert_allclose(long.body_mass[legs], default.body_mass[legs], rtol=1e-6)
 
 
-def test_quadruped_reward_peaks_at_target_speed(with_quadruped):
+def test_the_geom_kind_default_equals_the_explicit_size_entries(plugin):
+    explicit = dataclasses.replace(plugin.QUADRUPED, torso_radius=(1, 2), torso_length=(0,))
+    for length_scale, size_scale in SCALES:
+        assert scaled_model_xml(explicit, length_scale, size_scale) == scaled_model_xml(
+            plugin.QUADRUPED, length_scale, size_scale
+        )
+
+
+def test_quadruped_reward_peaks_at_target_speed(plugin):
     env = make_env(ScenarioSpec("quadruped", target_speed=0.5), episode_steps=1)
     env.reset()
     physics, target = env.physics, env.task.target_speed
@@ -228,7 +207,7 @@ def test_quadruped_reward_peaks_at_target_speed(with_quadruped):
         assert reward(speed) < reward(target)
 
 
-def test_spec_and_meta_set_accept_a_registered_domain(with_quadruped):
+def test_spec_and_meta_set_accept_a_registered_domain(plugin):
     assert ScenarioSpec("quadruped").domain == "quadruped"
     meta = MetaScenarioSet(domains=("quadruped",), num_train=3, num_test_id=1, num_test_ood=1, num_val=0, seed=2)
     for split, count in (("train", 3), ("test_id", 1), ("test_ood", 1)):
@@ -238,18 +217,16 @@ def test_spec_and_meta_set_accept_a_registered_domain(with_quadruped):
     assert not meta.in_train_range(meta.test_ood[0])
 
 
-def test_torso_description_is_checked():
+def test_torso_description_is_checked(plugin):
+    entry = plugin.QUADRUPED
     with pytest.raises(ValueError, match="both radius and length"):
-        Domain("q", quadruped, QuadrupedTargetSpeed, 0, 5.0, 0.02, 1000, 78, 12, model=quadruped_model,
-               torso_radius=(0, 1), torso_length=(0,))
-    no_such_geom = Domain("q", quadruped, QuadrupedTargetSpeed, 0, 5.0, 0.02, 1000, 78, 12,
-                          model=quadruped_model, torso_geoms=("chassis",))
+        dataclasses.replace(entry, torso_radius=(0, 1), torso_length=(0,))
     with pytest.raises(ValueError, match="chassis"):
-        scaled_model(no_such_geom, 1.0, 1.0)
-    too_short = Domain("q", quadruped, QuadrupedTargetSpeed, 0, 5.0, 0.02, 1000, 78, 12,
-                       model=quadruped_model, torso_radius=(3,), torso_length=(0,))
+        scaled_model(dataclasses.replace(entry, torso_geoms=("chassis",)), 1.0, 1.0)
     with pytest.raises(ValueError, match="too few"):
-        scaled_model(too_short, 1.0, 1.0)
+        scaled_model(dataclasses.replace(entry, torso_radius=(3,), torso_length=(0,)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="max_speed must be > 0"):
+        dataclasses.replace(entry, max_speed=0.0)
 
 
 # --- The paper domains' scenario draws are pinned: shipped agents, datasets and results depend on them. ---
@@ -291,3 +268,27 @@ def assert_paper_draws_pinned():
 
 def test_paper_domains_draw_the_pinned_scenarios():
     assert_paper_draws_pinned()
+
+
+def test_draw_keys_are_fixed_for_the_paper_domains_and_a_stable_hash_for_others():
+    assert {name: draw_key(name) for name in DOMAIN_NAMES} == {"hopper": 1, "walker": 2, "cheetah": 0}
+    assert draw_key("quadruped") == 2**32 + zlib.crc32(b"quadruped") == 6485632803
+    assert draw_key("humanoid") >= 2**32 and draw_key("humanoid") != draw_key("quadruped")
+
+
+def test_registering_a_domain_leaves_every_other_domains_scenarios_unchanged():
+    meta = MetaScenarioSet(domains=("hopper", "walker", "cheetah"))
+    before = {split: meta.draw(split) for split in SPLITS}
+    with registered_example() as plugin:
+        assert "quadruped" in DOMAINS
+        assert_paper_draws_pinned()
+        assert {split: meta.draw(split) for split in SPLITS} == before
+        with_quadruped = MetaScenarioSet(domains=("quadruped", "hopper", "walker", "cheetah"), seed=0)
+        for split in SPLITS:
+            assert [s for s in with_quadruped.draw(split) if s.domain != "quadruped"] == before[split]
+        quadruped_alone = MetaScenarioSet(domains=("quadruped",)).draw("train")
+        # A second extra domain, sorted before quadruped, changes nothing of quadruped's either.
+        register_domain(dataclasses.replace(plugin.QUADRUPED, name="aardvark"), check=False)
+        assert MetaScenarioSet(domains=("quadruped",)).draw("train") == quadruped_alone
+        assert_paper_draws_pinned()
+    assert "quadruped" not in DOMAINS and "aardvark" not in DOMAINS
