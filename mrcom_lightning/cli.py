@@ -4,6 +4,10 @@
 `adapt`, `compare`, `sweep` and `study` are tools with jsonargparse command lines of their own. Each is
 imported only when asked for, so `mrcom collect` (and the processes it spawns) never pay for
 importing Lightning.
+
+`--domains_module my_pkg.domains`, accepted by every subcommand, imports a module that registers
+domains of one's own before anything else runs, and passes it on to every child process
+(`mrcom_lightning.scenarios.plugins`, docs/extending.md).
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ USAGE = """usage: mrcom {fit,validate,test,predict,collect,adapt,compare,sweep,s
   study      the generalisation study: every variant x seed on one dataset, ID and OOD-kind tables
 
 `mrcom SUBCOMMAND --help` lists every option. A `--config` file is read from the working
-directory if it is there, else from the configs shipped with the package (`configs/quick.yaml`)."""
+directory if it is there, else from the configs shipped with the package (`configs/quick.yaml`).
+`--domains_module MODULE` (any subcommand, repeatable) imports a module that registers domains of
+your own; installed plugins (entry point group `mrcom.domains`) need no option. See docs/extending.md."""
+DOMAINS_OPTION = "--domains_module"
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -69,8 +76,42 @@ def resolve_configs(argv: list[str]) -> list[str]:
     return resolved
 
 
+def take_domains_modules(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`argv` without its `--domains_module MODULE` (or `--domains_module=MODULE`) options, and the
+    modules they name."""
+    rest, modules = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == DOMAINS_OPTION:
+            module = next(args, None)
+            if module is None or module.startswith("-"):
+                print(f"mrcom: {DOMAINS_OPTION} needs a module name (e.g. {DOMAINS_OPTION} my_pkg.domains)", file=sys.stderr)
+                raise SystemExit(2)
+            modules.append(module)
+        elif arg.startswith(DOMAINS_OPTION + "="):
+            modules.append(arg.removeprefix(DOMAINS_OPTION + "="))
+        else:
+            rest.append(arg)
+    return rest, modules
+
+
+def load_domains_modules(modules: list[str]) -> None:
+    """Registers the domains of `modules` here and in every child process; a module that cannot be
+    imported, or whose domain fails its check, ends the command with one line saying so."""
+    from mrcom_lightning.scenarios.plugins import add_domains_modules
+
+    try:
+        add_domains_modules(modules)
+    except (ImportError, ValueError) as err:
+        print(f"mrcom: {DOMAINS_OPTION}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = resolve_configs(list(sys.argv[1:] if argv is None else argv))
+    argv, modules = take_domains_modules(list(sys.argv[1:] if argv is None else argv))
+    if modules:
+        load_domains_modules(modules)
+    argv = resolve_configs(argv)
     if argv and argv[0] in TOOLS:
         module, function = TOOLS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])

@@ -16,6 +16,8 @@ import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
+import pickle
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +31,8 @@ from mrcom_lightning.data.conditioning import SCENARIO_PARAMETERS, condition
 from mrcom_lightning.data.dataset import DatasetConfig
 from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
 from mrcom_lightning.data.shipped import install_shipped, shipped_summary
-from mrcom_lightning.scenarios import SPLITS, ScenarioEnv, ScenarioSpec, make_env
+from mrcom_lightning.scenarios import DOMAINS, SPLITS, Domain, ScenarioEnv, ScenarioSpec, make_env
+from mrcom_lightning.scenarios.domains import PAPER_DRAW_KEYS
 from mrcom_lightning.seeding import derive_seed
 
 __all__ = ["DatasetConfig", "collect", "dataset_scores", "format_scores", "is_complete", "episode_seed", "run_episode"]
@@ -119,8 +122,32 @@ def _collect_one(item: tuple[str, _Job]) -> str:
     return str(EpisodeStore(store_root).write(episode, job.index))
 
 
-def _init_worker() -> None:
+def _init_worker(domains: tuple[Domain, ...] = ()) -> None:
     torch.set_num_threads(1)
+    for entry in domains:  # registered in the parent only (a script, a test): unknown to a spawned process
+        DOMAINS.setdefault(entry.name, entry)
+
+
+def _worker_domains(config: DatasetConfig) -> tuple[Domain, ...]:
+    """The registry entries of the dataset's domains other than the paper's, checked to pickle.
+
+    Plugins reach spawned workers by themselves (`scenarios.plugins`); a domain registered by a
+    script or a test does not, so its entry is sent along, by reference to its task and model.
+    """
+    entries = tuple(DOMAINS[d] for d in config.scenarios.domains if d not in PAPER_DRAW_KEYS)
+    main_has_file = hasattr(sys.modules["__main__"], "__file__")  # else spawn cannot re-import it
+    for entry in entries:
+        try:
+            pickle.dumps(entry)
+            parts = (entry.task, entry.model, entry.physics)
+            if not main_has_file and any(getattr(p, "__module__", None) == "__main__" for p in parts):
+                raise pickle.PicklingError("its task or model is defined in an interactive __main__")
+        except Exception as err:
+            raise ValueError(
+                f"domain {entry.name!r} cannot be sent to the collection workers ({err}); define its task "
+                "and model at module level, register it in a module named with --domains_module, or use workers=1"
+            ) from err
+    return entries
 
 
 def check_manifest(config: DatasetConfig) -> None:
@@ -276,7 +303,10 @@ def collect(config: DatasetConfig, workers: int = 1, progress: bool = True) -> P
         _ENV.clear()  # this process goes on (e.g. training): keep no environment alive
     else:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(_worker_domains(config),)
+        )
+        with pool:
             for _ in pool.map(_collect_one, [(config.root, job) for job in jobs], chunksize=1):
                 bar.update()
     bar.close()
