@@ -137,7 +137,7 @@ def test_an_unknown_domains_module_ends_the_command_in_one_line(tmp_path):
 def test_the_example_plugin_from_collect_with_spawn_workers_to_fit(tmp_path):
     """`mrcom collect --workers 2` and a tiny `mrcom fit` on quadruped, from `--domains_module`."""
     quick = yaml.safe_load((EXAMPLE / "quick.yaml").read_text())
-    dataset = quick["data"]["dataset"] | {"root": str(tmp_path / "data"), "episode_steps": 24, "test_episodes_per_scenario": 1}
+    dataset = quick["data"]["dataset"] | {"root": str(tmp_path / "data"), "episode_steps": 24}
     (tmp_path / "collect.yaml").write_text(yaml.safe_dump({"dataset": dataset}))
     collected = mrcom(
         tmp_path, "collect", "--domains_module", MODULE, "--config", "collect.yaml", "--workers", "2", "--progress", "false"
@@ -145,7 +145,7 @@ def test_the_example_plugin_from_collect_with_spawn_workers_to_fit(tmp_path):
     assert collected.returncode == 0, collected.stderr[-3000:]
     assert "quadruped" in collected.stdout and f"dataset complete: {dataset['root']}" in collected.stdout
     store = EpisodeStore(dataset["root"])
-    assert len(store.index()) == 2 * 2 + 3 * 1  # train 2 x 2 episodes; val, test_id, test_ood 1 each
+    assert len(store.index()) == 2 * 2 + 3 * 2  # 2 episodes of each of 2 train, 1 val, 1 test_id and 1 test_ood scenarios
 
     quick["data"] |= {"dataset": dataset, "sequence_length": 8, "prompt_length": 4, "batch_size": 4}
     quick["trainer"] |= {"max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1, "log_every_n_steps": 1}
