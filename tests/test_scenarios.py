@@ -2,12 +2,14 @@
 
 import dataclasses
 import re
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from dm_control.suite import cheetah, hopper, walker
+from dm_control.suite import cheetah, hopper, humanoid, walker
 
-from mrcom_lightning.scenarios import SPLITS, MetaScenarioSet, ScenarioSpec, get_domain, make_env
+from mrcom_lightning.scenarios import SPLITS, Domain, MetaScenarioSet, ScenarioSpec, get_domain, make_env
+from mrcom_lightning.scenarios.mjcf import scaled_model
 
 DOMAIN_NAMES = ("hopper", "walker", "cheetah")
 
@@ -83,6 +85,59 @@ def test_torso_length_and_attachments_follow_length_scale(domain):
             assert model.body_pos[child][axis] == pytest.approx(coordinate * scale, rel=1e-5), child
         if domain == "cheetah":  # the head sits at the front end of the torso
             assert model.geom_pos["head"][0] == pytest.approx(default.geom_pos["head"][0] * scale, rel=1e-5)
+
+
+# --- Torso geoms given by `fromto` in any direction (humanoid: capsules across the upright torso). ---
+
+# humanoid's torso body: the capsules `torso` (fromto 0 -.07 0 0 .07 0, radius .07) and `upper_waist`
+# (fromto -.01 -.06 -.12 -.01 .06 -.12, radius .06) lie along y, across its length axis z.
+HUMANOID = Domain(
+    "humanoid", humanoid, humanoid.Humanoid, torso_axis=2, max_speed=humanoid._RUN_SPEED,
+    control_timestep=0.025, episode_steps=1000, obs_dim=67, act_dim=21, torso_geoms=("torso", "upper_waist"),
+)
+HUMANOID_CAPSULES = {"torso": (0.07, 0.07, (0.0, 0.0, 0.0)), "upper_waist": (0.06, 0.06, (-0.01, 0.0, -0.12))}
+
+
+def _capsule_volume(radius, half_length):
+    return np.pi * radius**2 * 2 * half_length + 4 / 3 * np.pi * radius**3
+
+
+@pytest.mark.parametrize("length_scale, size_scale", [(1.3, 1.0), (0.7, 1.2), (1.25, 0.8)])
+def test_fromto_capsules_across_the_torso_axis_scale_their_length_and_mass(length_scale, size_scale):
+    default = humanoid.Physics.from_xml_string(*scaled_model(HUMANOID, 1.0, 1.0))
+    scaled = humanoid.Physics.from_xml_string(*scaled_model(HUMANOID, length_scale, size_scale))
+    before, after = default.named.model, scaled.named.model
+    volumes = {}
+    for name, (radius, half_length, middle) in HUMANOID_CAPSULES.items():
+        np.testing.assert_allclose(before.geom_size[name][:2], [radius, half_length], rtol=1e-6)
+        # The segment keeps its direction (y) and its midpoint moves with the stretch along z.
+        np.testing.assert_allclose(after.geom_size[name][:2], [radius * size_scale, half_length * length_scale], rtol=1e-5)
+        np.testing.assert_allclose(after.geom_pos[name], np.multiply(middle, (1, 1, length_scale)), atol=1e-6)
+        np.testing.assert_allclose(after.geom_quat[name], before.geom_quat[name], atol=1e-6)
+        volumes[name] = (_capsule_volume(radius, half_length), _capsule_volume(radius * size_scale, half_length * length_scale))
+    # The torso body's mass is its two capsules' at MuJoCo's default density: it follows their volumes.
+    density = before.body_mass["torso"] / sum(v[0] for v in volumes.values())
+    assert density == pytest.approx(1000.0, rel=1e-4)
+    assert after.body_mass["torso"] == pytest.approx(density * sum(v[1] for v in volumes.values()), rel=1e-5)
+    # What hangs off the torso moves along z; the limbs keep their masses.
+    for body, z in (("head", 0.19), ("lower_waist", -0.26), ("right_upper_arm", 0.06)):
+        assert after.body_pos[body][2] == pytest.approx(z * length_scale, rel=1e-5)
+    np.testing.assert_allclose(after.body_mass["right_thigh"], before.body_mass["right_thigh"], rtol=1e-6)
+
+
+def test_a_diagonal_fromto_torso_geom_scales_along_itself():
+    """hopper's nose (fromto .08 0 .13 .15 0 .14) named a torso geom: its segment grows about its
+    moved midpoint and keeps its direction, while by default it only moves with the stretch."""
+    nose = lambda entry, scale: np.array(  # noqa: E731
+        [float(x) for x in ET.fromstring(scaled_model(entry, scale, 1.0)[0]).find(".//geom[@name='nose']").attrib["fromto"].split()]
+    )
+    entry = dataclasses.replace(get_domain("hopper"), torso_geoms=("torso", "nose"))
+    start, end = np.array([0.08, 0, 0.13]), np.array([0.15, 0, 0.14])
+    scaled = nose(entry, 1.5)
+    middle = (start + end) / 2 * [1, 1, 1.5]
+    np.testing.assert_allclose(scaled, np.concatenate([middle - (end - start) / 2 * 1.5, middle + (end - start) / 2 * 1.5]), atol=1e-6)
+    stretched = nose(get_domain("hopper"), 1.5)  # not a torso geom: an attachment, only its z moves
+    np.testing.assert_allclose(stretched, [0.08, 0, 0.13 * 1.5, 0.15, 0, 0.14 * 1.5], atol=1e-6)
 
 
 # --- Observations. ---
