@@ -341,31 +341,51 @@ def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict:
         return dict(zip(tasks, pool.map(run_task, tasks, chunksize=1)))
 
 
-def plot(path: Path, curves: dict, targets: list[str]) -> None:
+ERROR_PANELS = {"charts/model_error/obs_h1": "model's one-step obs error\n(per dim, naive = 1)",
+                "charts/model_error/reward_h1_over_naive": "model's one-step reward error\n÷ naive's"}
+
+
+def plot(path: Path, curves: dict, errors: dict, targets: list[str]) -> None:
+    """Score curves per target (mean ± std over seeds), and under them, for the model methods, the
+    model's errors where the policy goes at each evaluation: a collapse can be read against them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.6), squeeze=False)
-    for ax, target in zip(axes[0], targets):
+    panels = [name for name in ERROR_PANELS if any(name in errors[t].get(m, {}) for t in targets for m in errors[t])]
+    fig, axes = plt.subplots(1 + len(panels), len(targets), figsize=(4.5 * len(targets), 3.4 * (1 + len(panels))),
+                             squeeze=False, sharex="col")
+    for column, target in enumerate(targets):
+        ax = axes[0, column]
         for method, (steps, runs) in curves[target].items():
             mean, std = np.mean(runs, 0), np.std(runs, 0)
             line, = ax.plot(steps, mean, marker="o", markersize=2.5, label=f"{method} (n={len(runs)})")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         ax.set_title(target)
-        ax.set_xlabel("real steps")
         ax.set_ylabel("score (% of max return)")
         ax.legend(fontsize="x-small")
+        for row, name in enumerate(panels, start=1):
+            ax = axes[row, column]
+            for method, series in errors[target].items():
+                if name in series:
+                    steps, values = series[name]
+                    ax.plot(steps, np.mean(values, 0), marker="o", markersize=2.5, label=method)
+            ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+            ax.set_yscale("log")
+            ax.set_ylabel(ERROR_PANELS[name])
+            ax.legend(fontsize="x-small")
+        axes[-1, column].set_xlabel("real steps")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> tuple[str, list[str], dict]:
-    """The markdown tables, the last lines and the curves."""
+def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> tuple[str, list[str], dict, dict]:
+    """The markdown tables, the last lines, the score curves and the model's error curves."""
     lines = ["| target | method | final | mean over the curve | worst seed | collapsed | n |", "|---|---|---|---|---|---|---|"]
     curves: dict[str, dict] = {t: {} for t in target_names}
+    errors: dict[str, dict] = {t: {} for t in target_names}
     finals: dict[tuple[str, str], list[float]] = {}
     for target in target_names:
         for method in args.methods:
@@ -378,6 +398,11 @@ def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> 
                          f"{np.mean(curve_means):.2f} ± {np.std(curve_means):.2f} | {min(final):.2f} | "
                          f"{collapses}/{len(runs)} | {len(runs)} |")
             curves[target][method] = (runs[0]["steps"], np.array([r["scores"] for r in runs]))
+            for name in ERROR_PANELS:
+                series = [r["metrics"].get(name, []) for r in runs]
+                if all(series) and len({len(points) for points in series}) == 1:
+                    errors[target].setdefault(method, {})[name] = (
+                        [step for step, _ in series[0]], np.array([[v for _, v in points] for points in series]))
     domains = sorted({t.split("/")[1] for t in target_names})
     controls = [m for m in args.methods if m != "mrcom"]
     comparisons = []  # (domain, control, ratio, raw p)
@@ -401,7 +426,7 @@ def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> 
             ratio, q, control = min(rows, key=lambda row: row[0])
             last.append(f"{domain}: mrcom_over_best_control={ratio:.3f} p={q:.3g} best_control={control} "
                         f"seeds={len(args.seeds)} world_models={args.world_models}")
-    return "\n".join(lines), last, curves
+    return "\n".join(lines), last, curves, errors
 
 
 def log_to_mlflow(args: argparse.Namespace, out: Path, files: list[Path], last: list[str]) -> None:
@@ -465,14 +490,14 @@ def main() -> None:
     tasks = [(m, t, s) for s in args.seeds for t in targets for m in args.methods]
     records = run_all(tasks, args.jobs)
 
-    tables, last, curves = report(records, args, list(targets))
+    tables, last, curves, errors = report(records, args, list(targets))
     print("\n" + tables + "\n")
     summary = out / f"report-{args.targets}.md"
     summary.write_text(f"# adapt_efficiency, {args.targets} targets\n\n{tables}\n\n" + "\n".join(last) + "\n")
     (out / f"curves-{args.targets}.json").write_text(json.dumps(
         {t: {m: {"steps": st, "scores": r.tolist()} for m, (st, r) in c.items()} for t, c in curves.items()}))
     figure = out / f"curves-{args.targets}.png"
-    plot(figure, curves, list(targets))
+    plot(figure, curves, errors, list(targets))
     if args.tracking_uri:
         log_to_mlflow(args, out, [summary, figure, out / f"curves-{args.targets}.json"], last)
     print(f"curves: {figure}; elapsed {time.perf_counter() - start:.0f}s (data and models {prepared_at - start:.0f}s, "

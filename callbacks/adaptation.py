@@ -16,7 +16,8 @@ class ScenarioAdaptation(L.Callback):
     epoch is one validation interval), on rank 0 only, each target gets
     `adapt/<split>/<domain>-<index>/score` (and, with `baseline`, `.../sac_score`), with the run's
     summary: `.../real_steps`, `.../imagined_share` (mean share of imagined rows in SAC's batches)
-    and `.../model_one_step_error` / `.../naive_one_step_error` (the safeguard's last check).
+    and `.../model_error_obs_h1` / `.../model_error_reward_h1_over_naive` (the model's one-step errors
+    where the final policy goes, in units of the naive forecast's; `charts/model_error/...`).
     During `test` the targets of the test splits are adapted to, with plain SAC beside them
     (`test_baseline`), and both scores are printed with the number of real steps.
     The adaptation runs on a copy of the model, so training never sees it. Under DDP the other
@@ -70,9 +71,9 @@ class ScenarioAdaptation(L.Callback):
             metrics[f"adapt/{name}/score"] = result.score
             metrics[f"adapt/{name}/real_steps"] = float(result.eval_steps[-1])
             metrics[f"adapt/{name}/imagined_share"] = result.summary()["imagined_share"]
-            for key in ("model_one_step_error", "naive_one_step_error"):
-                if points := result.metrics.get(f"charts/{key}"):
-                    metrics[f"adapt/{name}/{key}"] = points[-1][1]
+            for key in ("obs_h1", "reward_h1_over_naive"):  # the model where the final policy goes
+                if points := result.metrics.get(f"charts/model_error/{key}"):
+                    metrics[f"adapt/{name}/model_error_{key}"] = points[-1][1]
             text = f"adaptation to {name} ({spec}) after {result.eval_steps[-1]} real steps: MrCoM {result.score:.2f}"
             if baseline:
                 sac = adapt(spec, self.adaptation, None, use_model=False, seed=self.seed, progress=False)

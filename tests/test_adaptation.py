@@ -497,19 +497,51 @@ def test_the_safeguard_measures_the_rollouts_the_agent_gets(monkeypatch, anchor)
     original_imagine, original_errors = loop.imagine, rounds.open_loop_errors
 
     def recording_imagine(*args):
-        calls.append(("imagine", args[-2:]))
+        calls.append(("imagine", args[-3:]))
         return original_imagine(*args)
 
     def recording_errors(*args):
-        calls.append(("safeguard", args[-2:]))
+        calls.append(("measure", args[-3:]))
         return original_errors(*args)
 
     monkeypatch.setattr(loop, "imagine", recording_imagine)
     monkeypatch.setattr(rounds, "open_loop_errors", recording_errors)
-    adapt(HOPPER, tiny_config(safeguard=False, anchor_observations=anchor[0], anchor_rewards=anchor[1]), tiny_model(),
-          use_model=True, seed=0, progress=False)
-    assert {kind for kind, _ in calls} == {"imagine", "safeguard"}
-    assert all(value == anchor for _, value in calls)
+    # Safeguard off: the model's errors are measured at each evaluation, with what the agent gets.
+    config = tiny_config(anchor_observations=anchor[0], anchor_rewards=anchor[1], imagination="naive_reward",
+                         safeguard=False, eval_every=20)
+    adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    assert {kind for kind, _ in calls} == {"imagine", "measure"}
+    assert all(value == anchor + ("naive_reward",) for _, value in calls)
+
+
+def test_the_model_error_curve_is_measured_where_the_policy_goes(monkeypatch):
+    """At each evaluation the model's open-loop errors on windows among the newest `eval_every` real
+    transitions are logged (`charts/model_error/...`), the values `open_loop_errors` gives on them;
+    other data (another seed's policy) give another curve; measuring leaves the run unchanged."""
+    measured, newest = [], []
+    original_errors, original_batch = rounds.open_loop_errors, RealHistory.batch
+
+    def recording_errors(world_model, batch, *args):
+        measured.append(original_errors(world_model, batch, *args))
+        return measured[-1]
+
+    def recording_batch(self, *args, **kwargs):
+        newest.append(kwargs.get("newest"))
+        return original_batch(self, *args, **kwargs)
+
+    config = tiny_config(safeguard=False, eval_every=20)
+    plain = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    monkeypatch.setattr(rounds, "open_loop_errors", recording_errors)
+    monkeypatch.setattr(RealHistory, "batch", recording_batch)
+    result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
+    points = result.metrics["charts/model_error/obs_h1"]
+    assert [step for step, _ in points] == [20, 40, 60] and newest.count(20) == 3 and len(measured) == 3
+    assert [value for _, value in points] == pytest.approx([errors["model_obs"][0].item() for errors in measured])
+    ratio = [value for _, value in result.metrics["charts/model_error/reward_h1_over_naive"]]
+    assert all(math.isfinite(value) for value in ratio)
+    assert result.eval_scores == plain.eval_scores  # the measurement has its own draws
+    other = adapt(HOPPER, config, tiny_model(), use_model=True, seed=1, progress=False)
+    assert [v for _, v in other.metrics["charts/model_error/obs_h1"]] != [v for _, v in points]
 
 
 def test_model_updates_are_made_only_while_the_pool_holds_trusted_transitions(monkeypatch):
@@ -549,7 +581,7 @@ def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
 # --- logged metrics ----------------------------------------------------------------------
 
 LOGGED = ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "charts/q_mean", "losses/model_fine_tune",
-          "charts/imagined_share", "charts/model_one_step_error", "charts/naive_one_step_error", "charts/score")
+          "charts/imagined_share", "charts/model_error/obs_h1", "charts/model_error/reward_h1_over_naive", "charts/score")
 
 
 def test_adaptation_logs_sac_model_and_score_metrics():
@@ -730,7 +762,7 @@ def test_mrcom_adapt_scores_against_sac_and_logs_runs(fit_with_adaptation):
         assert [m.step for m in history] == [200]
         logged = {"losses/qf_loss", "losses/actor_loss", "losses/alpha", "charts/q_mean", "charts/imagined_share"}
         if run.data.params["method"] == "mrcom":
-            logged |= {"losses/model_fine_tune", "charts/model_one_step_error", "charts/naive_one_step_error"}
+            logged |= {"losses/model_fine_tune", "charts/model_error/obs_h1", "charts/model_error/reward_h1"}
         assert logged <= set(run.data.metrics), run.data.params["method"]
         # The printed table and the tracked run report the same evaluation.
         assert history[0].value == pytest.approx(printed[run.data.params["method"]], abs=0.005)
@@ -872,7 +904,7 @@ def test_adapt_runs_are_logged_to_mlflow_and_compare_draws_their_curves(tmp_path
         names = set(run.data.metrics)
         assert {"losses/qf_loss", "losses/alpha", "charts/q_mean", "charts/score", "adapt/test_id/hopper-0/score"} <= names
         if run.data.params["method"] == "mrcom":
-            assert {"losses/model_fine_tune", "charts/model_one_step_error", "charts/imagined_share"} <= names
+            assert {"losses/model_fine_tune", "charts/model_error/obs_h1", "charts/imagined_share"} <= names
         assert [m.step for m in client.get_metric_history(run.info.run_id, "charts/score")] == [20, 40, 60]
 
     out = tmp_path / "comparison"

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from mrcom_lightning.adaptation.history import RealHistory
 from mrcom_lightning.adaptation.imagination import IMAGINATION, imagine
-from mrcom_lightning.adaptation.rounds import ErrorAverage, fine_tune, imagined_transitions, trusted_horizon
+from mrcom_lightning.adaptation.rounds import (
+    ErrorAverage,
+    error_metrics,
+    fine_tune,
+    imagined_transitions,
+    model_errors,
+    trusted_horizon,
+)
 from mrcom_lightning.agents import SAC, ReplayBuffer, SACConfig, evaluate
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
@@ -288,6 +295,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
     model_rng = np.random.default_rng(derive_seed(seed, "model windows"))
+    error_rng = np.random.default_rng(derive_seed(seed, "model errors"))  # measuring leaves the run as it is
     env = make_env(target, seed=seed, episode_steps=config.episode_steps)
     obs_dim, act_dim = env.obs_dim, env.act_dim
     domain_id, optimizer = None, None
@@ -342,8 +350,10 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
 
         learning = step > config.warmup_steps
         if use_model and learning and (step - config.warmup_steps - 1) % config.rollout_every == 0:
-            trusted, errors = trusted_horizon(module, history, config, domain_id, model_rng, device, safeguard_errors)
-            log.add(errors)
+            trusted = config.horizon
+            if config.safeguard:
+                trusted, errors = trusted_horizon(module, history, config, domain_id, model_rng, device, safeguard_errors)
+                log.add(errors)
             if optimizer is not None:
                 loss = fine_tune(module, history, config, domain_id, optimizer, model_rng, device)
                 if loss is not None:
@@ -361,6 +371,7 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                     model_pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
                     imagined += len(kept["reward"])
                     log.add({"charts/disagreement": rollouts["disagreement"].mean().item(),
+                             "charts/uncertain_share": (rollouts["disagreement"] > config.uncertainty_threshold).float().mean().item(),
                              "charts/kept_fraction": len(kept["reward"]) / len(rollouts["reward"])})
                     if len(kept["reward"]):  # beside charts/real_reward: the model's optimism
                         log.add({"charts/imagined_reward": float(kept["reward"].mean())})
@@ -374,6 +385,12 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                 log.add({"charts/imagined_share": share})
         evaluating = (config.eval_every and step % config.eval_every == 0) or step == config.env_steps
         if evaluating:
+            if use_model:  # the model where the policy goes now: the suspect of a late collapse
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    errors = model_errors(module, history, config, domain_id, error_rng, device,
+                                          newest=config.eval_every or config.env_steps)
+                if errors is not None:
+                    log.add(error_metrics(errors))
             returns = evaluate(agent, evaluation_env, config.eval_episodes)
             eval_steps.append(step)
             eval_scores.append(score_of(returns, config.episode_steps))

@@ -58,35 +58,53 @@ class ErrorAverage:
         return self.value
 
 
+def model_errors(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device,
+                 newest: int) -> dict[str, torch.Tensor] | None:
+    """The model's open-loop errors against the naive forecast (`open_loop_errors`, h = 1..horizon)
+    on `safeguard_windows` windows ending among the newest `newest` real transitions, i.e. where
+    the current policy goes, imagined as the agent gets them (anchors and `imagination` included);
+    None while no such window exists."""
+    batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
+                          module.world_model.config.context_length, rng, domain, max(module.obs_dims),
+                          max(module.act_dims), device, newest=newest)
+    if batch is None:
+        return None
+    return open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
+                            config.anchor_rewards, config.imagination)
+
+
+def error_metrics(errors: dict[str, torch.Tensor], prefix: str = "charts/model_error") -> dict[str, float]:
+    """`model_errors` as logged values: observation errors at h = 1 and h = horizon in units of each dim's
+    one-step change (naive = 1 at h = 1), reward errors (MSE) at h = 1 beside the naive forecast's."""
+    return {
+        f"{prefix}/obs_h1": errors["model_obs"][0].item(),
+        f"{prefix}/obs_last": errors["model_obs"][-1].item(),
+        f"{prefix}/naive_obs_last": errors["naive_obs"][-1].item(),
+        f"{prefix}/reward_h1": errors["model_reward"][0].item(),
+        f"{prefix}/naive_reward_h1": errors["naive_reward"][0].item(),
+        f"{prefix}/reward_h1_over_naive": (errors["model_reward"][0] / errors["naive_reward"][0].clamp(min=1e-12)).item(),
+    }
+
+
 def trusted_horizon(module, history: RealHistory, config: AdaptationConfig, domain: int, rng, device,
                     average: ErrorAverage | None = None) -> tuple[int, dict]:
     """The safeguard: how many imagined steps the model may contribute now, and its errors.
 
     Windows ending among the newest `rollout_every` real transitions (which fine-tuning has not
-    seen yet) are imagined open loop with their real actions over the last `horizon` steps; the
-    trusted horizon is the longest prefix h = 1..k on which the model beats the naive forecast on
-    both the observation and the reward error (the reward's within `safeguard_reward_tolerance`
-    times the naive forecast's), both errors averaged over rounds by `average` when one is given.
-    0 while no such window exists."""
-    batch = history.batch(config.safeguard_windows, config.history_length + config.horizon,
-                          module.world_model.config.context_length, rng, domain, max(module.obs_dims),
-                          max(module.act_dims), device, newest=config.rollout_every)
-    if batch is None:
-        return (0 if config.safeguard else config.horizon), {}
-    errors = open_loop_errors(module.world_model, batch, config.horizon, config.anchor_observations,
-                              config.anchor_rewards, config.imagination)
+    seen yet) are imagined open loop with their real actions over the last `horizon` steps
+    (`model_errors`); the trusted horizon is the longest prefix h = 1..k on which the model beats
+    the naive forecast on both the observation and the reward error (the reward's within
+    `safeguard_reward_tolerance` times the naive forecast's), both errors averaged over rounds by
+    `average` when one is given. 0 while no such window exists."""
+    errors = model_errors(module, history, config, domain, rng, device, newest=config.rollout_every)
+    if errors is None:
+        return 0, {}
     judged = average(errors) if average is not None else errors
     beats = (judged["model_obs"] < judged["naive_obs"]) & (
         judged["model_reward"] < config.safeguard_reward_tolerance * judged["naive_reward"]
     )
-    trusted = int(beats.long().cumprod(0).sum()) if config.safeguard else config.horizon
-    return trusted, {
-        "charts/model_one_step_error": errors["model_obs"][0].item(),
-        "charts/naive_one_step_error": errors["naive_obs"][0].item(),
-        "charts/model_one_step_reward_error": errors["model_reward"][0].item(),
-        "charts/naive_one_step_reward_error": errors["naive_reward"][0].item(),
-        "charts/model_horizon_error": errors["model_obs"][-1].item(),
-        "charts/naive_horizon_error": errors["naive_obs"][-1].item(),
+    trusted = int(beats.long().cumprod(0).sum())
+    return trusted, error_metrics(errors, "charts/safeguard") | {
         "charts/safeguard_reward_ratio": (judged["model_reward"][0] / judged["naive_reward"][0].clamp(min=1e-12)).item(),
         "charts/trusted_horizon": trusted,
     }
