@@ -19,6 +19,7 @@ from mrcom_lightning.models import (
     WorldModel,
     WorldModelConfig,
     WorldModelLoss,
+    gradient_norms,
 )
 from mrcom_lightning.reports import plot_imagination, write_horizon_table
 from mrcom_lightning.scenarios import TEST_SPLITS
@@ -35,7 +36,8 @@ class MrCoM(L.LightningModule):
         num_scenarios: number of training scenarios (one value head each); linked from the datamodule.
         w_wm: weight of the world-model loss L_wm (Eq. 10).
         w_ms: weight of the meta-state regularisation L_ms (Eq. 11–12); 0 removes it and its prior.
-        w_mv: weight of the meta-value regularisation L_mv (Eq. 15); 0 removes it and the value heads.
+        w_mv: weight of the meta-value regularisation L_mv (Eq. 15, values in units of return);
+            0 removes it and the value heads.
         lr: AdamW learning rate (paper: 1e-4).
         weight_decay: AdamW weight decay (the paper's "learning rate decay weight", 1e-4).
         kl_dynamics: scale of KL(sg q‖p) (DreamerV3).
@@ -45,6 +47,10 @@ class MrCoM(L.LightningModule):
         value_tau: Polyak rate of the scenario values' target network.
         open_loop_horizon: H of the open-loop prediction metric.
         compile: `torch.compile` the world model (GPU option).
+        grad_norm_every: every this many training steps, log the norm of each weighted term's
+            gradient (w_wm·L_wm, w_ms·L_ms, w_mv·L_mv) on the shared world-model parameters
+            (tokenizers, context, latent cell) as `charts/grad_norm/{wm,ms,mv}`: one extra backward
+            per term, so 100 costs about 2 % of the steps' time; 0 turns it off.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class MrCoM(L.LightningModule):
         value_tau: float = 0.005,
         open_loop_horizon: int = 15,
         compile: bool = False,
+        grad_norm_every: int = 100,
     ):
         super().__init__()
         if not domain_dims:
@@ -74,6 +81,8 @@ class MrCoM(L.LightningModule):
                 raise ValueError(f"model.{name} must be >= 0, got {value!r}")
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr!r}")
+        if grad_norm_every < 0:
+            raise ValueError(f"model.grad_norm_every must be >= 0, got {grad_norm_every!r}")
         if open_loop_horizon <= 0:
             raise ValueError(f"model.open_loop_horizon must be > 0, got {open_loop_horizon!r}")
         self.save_hyperparameters()
@@ -92,9 +101,9 @@ class MrCoM(L.LightningModule):
         )
         self.ms_loss = MetaStateLoss(free_nats=free_nats) if w_ms > 0 else None
         self.value_loss = ValueLoss(world_model.discount) if w_mv > 0 else None
-        self.mv_loss = MetaValueLoss() if w_mv > 0 else None
+        self.mv_loss = MetaValueLoss(world_model.discount) if w_mv > 0 else None
         self.metrics = torch.nn.ModuleDict(
-            {split: PredictionMetrics(self.domains, open_loop_horizon) for split in ("val",) + TEST_SPLITS}
+            {split: PredictionMetrics(self.domains, open_loop_horizon, self.obs_dims) for split in ("val",) + TEST_SPLITS}
         )
         self._figure_samples: dict[str, dict[str, np.ndarray]] = {}
 
@@ -139,8 +148,22 @@ class MrCoM(L.LightningModule):
         terms["total"] = hp.w_wm * terms["wm"] + hp.w_ms * terms.get("ms", zero) + hp.w_mv * terms.get("mv", zero) + heads
         return terms, predictions
 
+    def weighted_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The world-model terms of Eq. 16 with their weights: w_wm·L_wm, w_ms·L_ms, w_mv·L_mv."""
+        hp = self.hparams
+        weights = {"wm": hp.w_wm, "ms": hp.w_ms, "mv": hp.w_mv}
+        return {name: weights[name] * terms[name] for name in weights if name in terms}
+
+    def _log_gradient_shares(self, terms: dict[str, torch.Tensor]) -> None:
+        norms = gradient_norms(self.weighted_terms(terms), self.world_model.shared_parameters())
+        metrics = {f"charts/grad_norm/{name}": float(norm) for name, norm in norms.items()}
+        # Straight to the loggers: `self.log` would keep them only on steps that are multiples of
+        # both this interval and trainer.log_every_n_steps.
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+
     def training_step(self, batch, batch_idx):
-        terms, _ = self.losses(batch)
+        terms, predictions = self.losses(batch)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(
@@ -148,6 +171,11 @@ class MrCoM(L.LightningModule):
                     "state is checkpointed (try a lower model.lr or trainer.gradient_clip_val)"
                 )
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
+        outside = self.world_model.reward_mass_outside(predictions.reward_logits.detach()).mean()
+        self.log("train/reward_mass_outside", outside)
+        every = self.hparams.grad_norm_every
+        if every and self.global_step % every == 0 and self._trainer is not None and self.trainer.loggers:
+            self._log_gradient_shares(terms)
         self.log("train/loss", terms["total"].detach(), prog_bar=True, logger=False)  # logged as train/loss/total
         return terms["total"]
 
@@ -173,6 +201,7 @@ class MrCoM(L.LightningModule):
         obs = wm.denormalize_obs(predictions.obs, domain)
         metrics.update("obs_mse", masked_mean((obs - batch["obs"]) ** 2, mask).mean(1), domain)
         metrics.update("reward_mse", ((predictions.reward - batch["reward"]) ** 2).mean(1), domain)
+        metrics.update("reward_mass_outside", wm.reward_mass_outside(predictions.reward_logits).mean(1), domain)
         horizon = self.hparams.open_loop_horizon
         burn_in = batch["action"].shape[1] - horizon
         if burn_in >= 0:
@@ -180,10 +209,12 @@ class MrCoM(L.LightningModule):
             state = wm.start(predictions, batch, burn_in)
             rollout = wm.rollout(state, batch["action"][:, burn_in:], horizon, domain)
             real_obs, real_reward = batch["obs"][:, burn_in + 1 :], batch["reward"][:, burn_in:]
-            metrics.update("open_loop_mse", masked_mean((rollout.next_obs - real_obs) ** 2, mask), domain)
             metrics.update("open_loop_reward_mse", (rollout.reward - real_reward) ** 2, domain)
-            naive_obs = masked_mean((batch["obs"][:, burn_in : burn_in + 1] - real_obs) ** 2, mask)
-            metrics.update("naive_open_loop_mse", naive_obs, domain)
+            model_error = (rollout.next_obs - real_obs) ** 2
+            naive_error = (batch["obs"][:, burn_in : burn_in + 1] - real_obs) ** 2
+            metrics.update("open_loop_mse", masked_mean(model_error, mask), domain)
+            metrics.update("naive_open_loop_mse", masked_mean(naive_error, mask), domain)
+            metrics.update_per_dim(model_error, naive_error, domain)
             metrics.update("naive_open_loop_reward_mse", (state.prev_reward[:, None] - real_reward) ** 2, domain)
             self._keep_figure_samples(batch, rollout, burn_in)
         return terms["total"]

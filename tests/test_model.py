@@ -189,7 +189,7 @@ def test_scenario_value_target_network_follows_slowly():
     "change, removed_parameters, removed_terms",
     [
         (dict(world_model=dataclasses.replace(TINY, deterministic_dim=0)), "world_model.cell.gru.", ()),
-        (dict(world_model=dataclasses.replace(TINY, context="none")), "world_model.context_net.", ()),
+        (dict(world_model=dataclasses.replace(TINY, context="none", auxiliary_dim=0)), "world_model.context_net.", ("kl_u",)),
         (dict(w_ms=0.0), "world_model.cell.meta_prior_net.", ("ms", "ms_prior")),
         (dict(w_mv=0.0), "world_model.meta_value.", ("mv", "scenario_value", "meta_value")),
         (dict(w_mv=0.0), "world_model.scenario_values.", ()),

@@ -2,7 +2,7 @@
 
 from mrcom_lightning.models.context import ContextTransformer
 from mrcom_lightning.models.latent import LatentCell, LatentSequence
-from mrcom_lightning.models.losses import MetaStateLoss, MetaValueLoss, ValueLoss, WorldModelLoss
+from mrcom_lightning.models.losses import MetaStateLoss, MetaValueLoss, ValueLoss, WorldModelLoss, gradient_norms
 from mrcom_lightning.models.tokenizers import DomainDecoder, DomainTokenizer
 from mrcom_lightning.models.value import MetaValue, ScenarioValues
 from mrcom_lightning.models.world_model import (
@@ -32,4 +32,5 @@ __all__ = [
     "WorldModel",
     "WorldModelConfig",
     "WorldModelLoss",
+    "gradient_norms",
 ]

@@ -37,6 +37,13 @@ class LatentSequence:
         """s_t = [z_t, h_t, u_t]."""
         return torch.cat([self.stochastic, self.deterministic, self.auxiliary], dim=-1)
 
+    @property
+    def mean_features(self) -> torch.Tensor:
+        """s̄_t = [E_q z_t, h_t, E_q u_t]: the latent at the posteriors' means, what the reward head
+        reads (no sampling noise: z's and u's stds are at least 0.1, larger than most reward changes)."""
+        auxiliary = self.auxiliary_posterior.base_dist.loc if self.auxiliary_posterior is not None else self.auxiliary
+        return torch.cat([self.posterior.base_dist.loc, self.deterministic, auxiliary], dim=-1)
+
 
 class LatentCell(nn.Module):
     """Eq. 6–8: h_t = f(h_{t-1}, z_{t-1}, a_{t-1}) (a GRU), p(z_t | h_t, c_t), q(z_t | h_t, c_t, e_t),
@@ -45,6 +52,9 @@ class LatentCell(nn.Module):
     `deterministic_dim=0` is the "w/o h" ablation: the transition is then a feed-forward
     function of (z_{t-1}, a_{t-1}) that carries no memory and is not part of s_t.
     `auxiliary_dim=0` removes u (the RSSM and CaDM baselines); `meta_prior=False` removes r.
+    `context_dim=0` is the "w/o c" ablation: no prior or posterior reads a context (z's become
+    p(z_t | h_t), q(z_t | h_t, e_t), r's r(z_t | a_{t−1})), and u, whose prior is p(u_t | c_t), cannot
+    exist without it. `None` is `embed_dim`, the context transformer's width.
     """
 
     def __init__(
@@ -55,8 +65,16 @@ class LatentCell(nn.Module):
         auxiliary_dim: int,
         hidden_dim: int,
         meta_prior: bool = True,
+        context_dim: int | None = None,
     ):
         super().__init__()
+        context_dim = embed_dim if context_dim is None else context_dim
+        if auxiliary_dim and not context_dim:
+            raise ValueError(
+                f"model.world_model.auxiliary_dim is {auxiliary_dim} without a context: u's prior is p(u | c), "
+                "so the 'w/o c' model has no u (set auxiliary_dim: 0 with context: none)"
+            )
+        self.context_dim = context_dim
         self.stochastic_dim = stochastic_dim
         self.deterministic_dim = deterministic_dim
         self.auxiliary_dim = auxiliary_dim
@@ -66,12 +84,12 @@ class LatentCell(nn.Module):
             self.gru = nn.GRUCell(hidden_dim, deterministic_dim)
         else:
             self.feedforward = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
-        self.prior_net = GaussianHead(self.recurrent_dim + embed_dim, stochastic_dim, hidden_dim)
-        self.posterior_net = GaussianHead(self.recurrent_dim + 2 * embed_dim, stochastic_dim, hidden_dim)
+        self.prior_net = GaussianHead(self.recurrent_dim + context_dim, stochastic_dim, hidden_dim)
+        self.posterior_net = GaussianHead(self.recurrent_dim + context_dim + embed_dim, stochastic_dim, hidden_dim)
         if auxiliary_dim:
-            self.auxiliary_prior_net = GaussianHead(embed_dim, auxiliary_dim, hidden_dim)
-            self.auxiliary_posterior_net = GaussianHead(2 * embed_dim, auxiliary_dim, hidden_dim)
-        self.meta_prior_net = GaussianHead(2 * embed_dim, stochastic_dim, hidden_dim) if meta_prior else None
+            self.auxiliary_prior_net = GaussianHead(context_dim, auxiliary_dim, hidden_dim)
+            self.auxiliary_posterior_net = GaussianHead(context_dim + embed_dim, auxiliary_dim, hidden_dim)
+        self.meta_prior_net = GaussianHead(embed_dim + context_dim, stochastic_dim, hidden_dim) if meta_prior else None
         self.compiled: dict = {}  # filled by `compile`
 
     @property
@@ -171,13 +189,18 @@ class LatentCell(nn.Module):
             meta_prior=meta_prior,
         )
 
-    def imagine(self, recurrent, stochastic, action_embed, context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One prior step: (h_t, z_t ~ p(z_t | h_t, c_t), s_t) from (h_{t-1}, z_{t-1}, a_{t-1}, c_t)."""
+    def imagine(self, recurrent, stochastic, action_embed, context) -> tuple[torch.Tensor, ...]:
+        """One prior step: (h_t, z_t ~ p(z_t | h_t, c_t), s_t, s̄_t) from (h_{t-1}, z_{t-1}, a_{t-1}, c_t);
+        s̄_t = [E_p z_t, h_t, E_p u_t] is the latent at the priors' means (what the reward head reads)."""
         return self._call("_imagine", recurrent, stochastic, action_embed, context)
 
     def _imagine(self, recurrent, stochastic, action_embed, context):
         recurrent = self.transition(recurrent, stochastic, action_embed)
-        stochastic = self.prior(recurrent, context).rsample()
-        auxiliary = self._auxiliary_sample(self.auxiliary_prior(context), stochastic)
-        features = torch.cat([stochastic, self._deterministic_part(recurrent), auxiliary], dim=-1)
-        return recurrent, stochastic, features
+        prior, auxiliary_prior = self.prior(recurrent, context), self.auxiliary_prior(context)
+        stochastic = prior.rsample()
+        auxiliary = self._auxiliary_sample(auxiliary_prior, stochastic)
+        deterministic = self._deterministic_part(recurrent)
+        features = torch.cat([stochastic, deterministic, auxiliary], dim=-1)
+        auxiliary_mean = auxiliary_prior.base_dist.loc if auxiliary_prior is not None else auxiliary
+        mean_features = torch.cat([prior.base_dist.loc, deterministic, auxiliary_mean], dim=-1)
+        return recurrent, stochastic, features, mean_features

@@ -74,6 +74,10 @@ class TwoHot(nn.Module):
         target.scatter_add_(-1, above.unsqueeze(-1), weight_hi.unsqueeze(-1))
         return target
 
+    def values(self) -> torch.Tensor:
+        """The bins in the value's own units."""
+        return symexp(self.bins) if self.symlog else self.bins
+
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         mean = (logits.softmax(-1) * self.bins).sum(-1)
         return symexp(mean) if self.symlog else mean

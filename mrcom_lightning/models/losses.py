@@ -45,7 +45,8 @@ class WorldModelLoss(nn.Module):
 
     −log p(o | s) is a unit Gaussian in the normalised observation space (standardised per
     domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a
-    two-hot cross-entropy (`reward_nll`), r_t predicted from s_{t+1}.
+    two-hot cross-entropy (`reward_nll`), r_t predicted from s̄_{t+1}, the latent at the
+    posteriors' means (the reward head is trained where it predicts: no sampling noise).
     """
 
     def __init__(
@@ -105,8 +106,9 @@ class ValueLoss(nn.Module):
     """Eq. 13–14: V_k(s_t) ← (1−γ) r_t + γ V̄_k(s_{t+1}) and (V_meta(s) − sg V_k(s))².
 
     The value heads read the latents detached: these losses train the value heads only. Rows
-    from scenarios outside the training set (scenario id −1) are left out. Values are in units
-    of (1 − γ) × return, so they lie in the rewards' range.
+    from scenarios outside the training set (scenario id −1) are left out. The heads predict
+    (1 − γ) × V, which lies in the rewards' range (a well-conditioned regression); L_mv
+    (`MetaValueLoss`) reads them back in units of return.
     """
 
     def __init__(self, discount: float):
@@ -124,12 +126,34 @@ class ValueLoss(nn.Module):
 
 
 class MetaValueLoss(nn.Module):
-    """Eq. 15: L_mv = (V_meta(ŝ_{t+1}) − sg V_meta(s_{t+1}))².
+    """Eq. 15: L_mv = (V_meta(ŝ_{t+1}) − sg V_meta(s_{t+1}))², values in units of return.
 
     ŝ_{t+1} is the latent the model predicts (z and u from their priors), s_{t+1} the one it
     infers from the real observation. Gradients reach the world model only, not V_meta.
+
+    The value heads regress (1 − γ)·V (Eq. 13–14 with rewards in [0, 1] keep their targets in
+    [0, 1], well-conditioned); L_mv divides by (1 − γ) before squaring, so its values and its
+    gradient are those of Eq. 15 in units of return, the scale that w_mv = 1 beside w_wm = 1
+    was set for. In (1 − γ) units the term was 1e-4 of L_wm (issue 24: 0.0011 vs 14.6), i.e.
+    absent; `charts/grad_norm/mv` logs its gradient on the shared parameters beside L_wm's.
     """
+
+    def __init__(self, discount: float):
+        super().__init__()
+        self.return_scale = 1.0 / (1.0 - discount) if discount < 1 else 1.0
 
     def forward(self, predictions: Predictions) -> dict[str, torch.Tensor]:
         v = predictions.values
-        return {"mv": ((v.meta_of_prior[:, 1:] - v.meta[:, 1:].detach()) ** 2).mean()}
+        gap = (v.meta_of_prior[:, 1:] - v.meta[:, 1:].detach()) * self.return_scale
+        return {"mv": (gap**2).mean()}
+
+
+def gradient_norms(terms: dict[str, torch.Tensor], parameters: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    """‖∇_θ term‖ over `parameters` for each named term, the graph kept for the step's own backward
+    (what each term of Eq. 16 pulls on the shared world model; one backward per term)."""
+    norms = {}
+    for name, term in terms.items():
+        grads = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
+        squares = [g.detach().pow(2).sum() for g in grads if g is not None]
+        norms[name] = torch.stack(squares).sum().sqrt() if squares else term.new_zeros(())
+    return norms

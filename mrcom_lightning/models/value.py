@@ -14,7 +14,8 @@ class ScenarioValues(nn.Module):
     """Eq. 14: V_k(s) for each training scenario k, learned by the Bellman equation on real rewards.
 
     One network with a head per scenario; a Polyak-averaged copy gives the bootstrap targets.
-    Values are in units of (1 − γ) × return, so they lie in the rewards' range.
+    The heads predict (1 − γ) × V, which lies in the rewards' range; L_mv divides by (1 − γ) to
+    compare values in units of return, as Eq. 15 does (`losses.MetaValueLoss`).
     """
 
     def __init__(self, feature_dim: int, num_scenarios: int, hidden_dim: int):

@@ -27,15 +27,20 @@ class WorldModelConfig:
         deterministic_dim: size of h_t; 0 is the "w/o h" ablation.
         auxiliary_dim: size of u_t; 0 removes u (RSSM and CaDM baselines). The paper gives no size.
         context: `prompt` (MrCoM: prompt plus history), `history` (CaDM-style: last
-            `context_length` transitions only) or `none` (the "w/o c" ablation, RSSM).
+            `context_length` transitions only) or `none` (the "w/o c" ablation, RSSM): no context
+            module, no prior or posterior reads c, and no u (its prior is p(u | c); `auxiliary_dim`
+            must then be 0).
         context_length: prompt length L and context window.
         heads: attention heads. The paper says 3, which does not divide 128: 4 here.
         layers: transformer layers.
         reward_bins: two-hot bins of the reward head (DreamerV3).
         reward_bin_range: (low, high) of the reward bins, evenly spaced in the `reward_bin_scale`
-            space: DreamerV3's (-20, 20) in symlog space covers any reward scale, spending ~5
-            bins on dm_control's [0, 1] rewards; `linear` with (0, 1) puts every bin there.
-        reward_bin_scale: `symlog` (DreamerV3's) or `linear` (bins in the reward's own units).
+            space. Default: `linear` over dm_control's reward range [0, 1], every bin where the
+            rewards are; DreamerV3's symlog (-20, 20) covers any reward scale but puts all of
+            [0, 1] into 2–3 bins (issue 24).
+        reward_bin_scale: `linear` (bins in the reward's own units) or `symlog` (DreamerV3's).
+        reward_range: the rewards the domains produce (dm_control: [0, 1]); the metrics report the
+            probability mass the reward head puts on bins outside it (`reward_mass_outside`).
         discount: γ of the scenario values (Eq. 14).
         obs_normalization: how observations enter the tokenizers and the decoder's loss:
             `symlog` (DreamerV3's, scale-free) or `standardize` (per domain and dim, by the
@@ -55,8 +60,9 @@ class WorldModelConfig:
     heads: int = 4
     layers: int = 1
     reward_bins: int = 255
-    reward_bin_range: tuple[float, float] = (-20.0, 20.0)
-    reward_bin_scale: Literal["symlog", "linear"] = "symlog"
+    reward_bin_range: tuple[float, float] = (0.0, 1.0)
+    reward_bin_scale: Literal["symlog", "linear"] = "linear"
+    reward_range: tuple[float, float] = (0.0, 1.0)
     discount: float = 0.99
     obs_normalization: Literal["symlog", "standardize"] = "symlog"
 
@@ -74,6 +80,12 @@ class WorldModelConfig:
         low, high = self.reward_bin_range
         if not low < high:
             raise ValueError(f"model.world_model.reward_bin_range must be (low, high) with low < high, got {self.reward_bin_range!r}")
+        if not self.reward_range[0] < self.reward_range[1]:
+            raise ValueError(f"model.world_model.reward_range must be (low, high) with low < high, got {self.reward_range!r}")
+        if self.context == "none" and self.auxiliary_dim:
+            raise ValueError(
+                f"model.world_model.auxiliary_dim must be 0 with context: none (u's prior is p(u | c)), got {self.auxiliary_dim}"
+            )
         if not 0 < self.discount <= 1:
             raise ValueError(f"model.world_model.discount must be in (0, 1], got {self.discount!r}")
 
@@ -107,7 +119,8 @@ class Predictions:
         obs: decoded o_0..o_N in the normalised space, [B, N+1, O_max], zero on padding.
         obs_target: the real o_0..o_N in the same space.
         obs_mask: [B, O_max], 1 on the row's real observation dims.
-        reward_logits: r_0..r_{N−1} predicted from s_1..s_N, [B, N, bins].
+        reward_logits: r_0..r_{N−1} predicted from s̄_1..s̄_N, the latents at the posteriors'
+            means (`LatentSequence.mean_features`), [B, N, bins].
         reward: their expectation in the reward's own units, [B, N].
         values: the value heads' outputs, or None without L_mv.
     """
@@ -202,13 +215,17 @@ class WorldModel(nn.Module):
             else None
         )
         self.cell = LatentCell(
-            c.embed_dim, c.stochastic_dim, c.deterministic_dim, c.auxiliary_dim, c.hidden_dim, meta_prior=meta_state
+            c.embed_dim, c.stochastic_dim, c.deterministic_dim, c.auxiliary_dim, c.hidden_dim, meta_prior=meta_state,
+            context_dim=c.embed_dim if self.context_net is not None else 0,
         )
         feature_dim = self.cell.feature_dim
         self.decoder = DomainDecoder(self.obs_dims, feature_dim, c.hidden_dim)
         self.twohot = TwoHot(c.reward_bins, *c.reward_bin_range, symlog=c.reward_bin_scale == "symlog")
         self.reward_head = mlp(feature_dim, c.reward_bins, c.hidden_dim, 3)
         nn.init.zeros_(self.reward_head[-1].weight)  # DreamerV3: start predicting zero reward
+        low, high = c.reward_range
+        outside = (self.twohot.values() < low) | (self.twohot.values() > high)
+        self.register_buffer("reward_outside", outside, persistent=False)
         self.scenario_values = (
             ScenarioValues(feature_dim, num_scenarios, c.hidden_dim) if meta_value else None
         )
@@ -257,7 +274,7 @@ class WorldModel(nn.Module):
         obs_embed = self.obs_tokenizer(obs_target, domain)
         action_embed = self.action_tokenizer(action, domain)
         prev_action_embed = torch.cat([torch.zeros_like(action_embed[:, :1]), action_embed], dim=1)
-        context, prompt, history = obs_embed.new_zeros(obs_embed.shape), None, None
+        context, prompt, history = obs_embed[..., :0], None, None  # no context: c has no dims
         if self.context_net is not None:
             history = self.context_net.tokens(obs_embed[:, :-1], action_embed, shifted(reward))
             if self.config.context == "prompt":
@@ -267,7 +284,7 @@ class WorldModel(nn.Module):
             context = self.context_net.contexts(prompt, history)
         latents = self.cell.observe(obs_embed, prev_action_embed, context)
         features = latents.features
-        reward_logits = self.reward_head(features[:, 1:])
+        reward_logits = self.reward_head(latents.mean_features[:, 1:])
         return Predictions(
             latents=latents,
             context=context,
@@ -293,6 +310,16 @@ class WorldModel(nn.Module):
             meta=self.meta_value(features),
             meta_of_prior=self.meta_value.frozen(torch.cat(predicted, dim=-1)),
         )
+
+    def reward_mass_outside(self, logits: torch.Tensor) -> torch.Tensor:
+        """The probability the reward head puts on bins outside `reward_range`: [...] from logits [..., bins]."""
+        return (logits.softmax(-1) * self.reward_outside).sum(-1)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The world-model parameters every loss term reaches: tokenizers, context and latent cell
+        (what the gradient shares are measured on; the heads are each trained by one term)."""
+        parts = [self.obs_tokenizer, self.action_tokenizer, self.cell] + ([self.context_net] if self.context_net else [])
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
 
     def decode(self, features: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """Predicted observations in the raw scale, zero-padded: [B, ..., O]."""
@@ -345,10 +372,10 @@ class WorldModel(nn.Module):
             token = self.tokens(state.obs[:, None], action[:, None], state.prev_reward[:, None], domain)
             tokens = torch.cat([tokens, token], dim=1)[:, -self.context_net.receptive_field :]
             context = self.context_net(tokens)[:, -1]
-        recurrent, stochastic, features = self.cell.imagine(
+        recurrent, stochastic, features, mean_features = self.cell.imagine(
             state.recurrent, state.stochastic, self.action_tokenizer(action, domain), context
         )
-        reward = self.twohot.mean(self.reward_head(features))
+        reward = self.twohot.mean(self.reward_head(mean_features))
         if state.reward_offset is not None:
             reward = reward + state.reward_offset
         if state.naive_reward:
