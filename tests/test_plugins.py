@@ -129,7 +129,7 @@ def mrcom(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def test_an_unknown_domains_module_ends_the_command_in_one_line(tmp_path):
     run = mrcom(tmp_path, "collect", "--domains_module", "no_such_plugin.domains", "--dataset.root", tmp_path / "d")
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert "mrcom: --domains_module: mrcom: the domains module no_such_plugin.domains" in run.stderr
+    assert "mrcom: --domains_module: the domains module no_such_plugin.domains (--domains_module) cannot be imported" in run.stderr
     assert not (tmp_path / "d").exists()
 
 

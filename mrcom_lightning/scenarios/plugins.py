@@ -111,7 +111,7 @@ def _load(what: str, source: str, load: Callable[[], object]) -> None:
     try:
         load()
     except ImportError as err:
-        raise ImportError(f"mrcom: the domains module {what} ({source}) cannot be imported: {err}") from err
+        raise ImportError(f"the domains module {what} ({source}) cannot be imported: {err}") from err
 
 
 def load_plugins() -> None:
