@@ -140,6 +140,23 @@ def test_a_diagonal_fromto_torso_geom_scales_along_itself():
     np.testing.assert_allclose(stretched, [0.08, 0, 0.13 * 1.5, 0.15, 0, 0.14 * 1.5], atol=1e-6)
 
 
+def _hopper_with_default_torso_size():
+    """hopper's model with the torso's radius given by its default class instead of the geom."""
+    xml, assets = hopper.get_model_and_assets()
+    root = ET.fromstring(xml)
+    root.find(".//default[@class='hopper']/geom").attrib["size"] = "0.0653"
+    del root.find(".//geom[@name='torso']").attrib["size"]
+    return ET.tostring(root, encoding="unicode"), assets
+
+
+def test_a_torso_size_from_a_default_class_is_scaled():
+    entry = dataclasses.replace(get_domain("hopper"), model=_hopper_with_default_torso_size)
+    physics = hopper.Physics.from_xml_string(*scaled_model(entry, 1.2, 1.3))
+    reference = _physics("hopper", length_scale=1.2, size_scale=1.3)
+    np.testing.assert_allclose(physics.named.model.geom_size["torso"], reference.named.model.geom_size["torso"], rtol=1e-6)
+    np.testing.assert_allclose(physics.model.body_mass, reference.model.body_mass, rtol=1e-6)
+
+
 # --- Observations. ---
 
 BASE_DIMS = {"hopper": 15, "walker": 24, "cheetah": 17}

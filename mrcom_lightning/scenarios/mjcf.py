@@ -65,7 +65,7 @@ _SIZE_COUNT = {"sphere": 1, "capsule": 2, "cylinder": 2, "ellipsoid": 3, "box": 
 
 
 @functools.lru_cache(maxsize=None)
-def torso_geoms(domain: Domain) -> dict[str, tuple[str, int, np.ndarray]]:
+def _compiled_torso_geoms(domain: Domain) -> dict[str, tuple[str, int, np.ndarray]]:
     """name -> (kind, own axis nearest `torso_axis`, compiled size) of each of `domain.torso_geoms`
     found in the compiled unscaled model (kinds and sizes may come from MJCF default classes)."""
     xml, assets = domain.model()
@@ -140,7 +140,7 @@ def scaled_model(domain: Domain, length_scale: float, size_scale: float) -> tupl
     if torso is None:
         raise ValueError(f"domain {domain.name!r}: the model has no worldbody body named 'torso'")
     axis = domain.torso_axis
-    compiled = torso_geoms(domain)
+    compiled = _compiled_torso_geoms(domain)
     lowest = 0.0
     resized = set()
     for child in torso:
@@ -169,7 +169,7 @@ def scaled_model(domain: Domain, length_scale: float, size_scale: float) -> tupl
             child.attrib["pos"] = _format(pos)
         if is_torso_geom:
             count = 1 if "fromto" in child.attrib else _SIZE_COUNT[kind]
-            size = _floats(child.attrib["size"]) if "size" in child.attrib else compiled_size[:count]
+            size = _floats(child.attrib["size"]) if "size" in child.attrib else compiled_size[:count].copy()
             for i in radius:
                 size[i] *= size_scale
             for i in length:
