@@ -260,6 +260,8 @@ def resolve_checkpoint(path: str, uri: str | None = None) -> str:
     artifact = path
     if run_id and str(path).removeprefix("runs:/").strip("/") == run_id:
         artifact = f"runs:/{run_id}/{BEST_CHECKPOINT}"
+    if str(path).startswith("models:/"):
+        mlflow.set_registry_uri(uri)  # the registry of the same store (download_artifacts takes no registry URI)
     folder = tempfile.mkdtemp(prefix="mrcom-checkpoint-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:

@@ -110,6 +110,13 @@ def test_a_run_uri_without_the_file_is_one_line(fit):
     local = Path(tracking.resolve_checkpoint(f"runs:/{run_id}", f"sqlite:///{process.cwd / 'mlruns.db'}"))
     assert local.name == "best.ckpt" and local.read_bytes() == (process.cwd / "runs/quick/checkpoints/best.ckpt").read_bytes()
 
+    # A registered model version whose source is the run's checkpoints folder.
+    client = mlflow_client(process.cwd)
+    client.create_registered_model("mrcom-quick")
+    version = client.create_model_version("mrcom-quick", f"runs:/{run_id}/checkpoints", run_id=run_id).version
+    local = Path(tracking.resolve_checkpoint(f"models:/mrcom-quick/{version}", f"sqlite:///{process.cwd / 'mlruns.db'}"))
+    assert local.name == "best.ckpt" and local.stat().st_size == (process.cwd / "runs/quick/checkpoints/best.ckpt").stat().st_size
+
     result = mrcom(process.cwd, "test", "--ckpt_path", f"runs:/{run_id}/checkpoints/nope.ckpt")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"mrcom test: checkpoint runs:/{run_id}/checkpoints/nope.ckpt is not in the MLflow store" in result.stderr
