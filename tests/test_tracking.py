@@ -17,7 +17,7 @@ import yaml
 
 from mrcom_lightning import tracking
 from mrcom_lightning.checkpoints import CheckpointNotFoundError
-from mrcom_lightning.lightning_cli import run_name
+from mrcom_lightning.callbacks.tracking import run_name
 from test_cli import QUICK, ROOT, mlflow_client, mlflow_runs, mrcom, mrcom_command
 
 TINY = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
