@@ -5,8 +5,11 @@ configs, budget and seeds (a `mrcom sweep` underneath: one folder per variant ×
 cells skipped on a re-run), then tested on in-distribution scenarios and on three kinds of
 out-of-distribution ones (dynamics, objective, both outside the training ranges). The report
 gives, per test split and error, a table of mean ± std over seeds per domain and overall, each
-variant's ratio to MrCoM and the p-value of Welch's t-test against it, and the naive forecast's
-error on the same windows.
+variant's ratio to MrCoM, and the naive forecast's error on the same windows. Observation errors
+are per dim in units of that dim's one-step change, then averaged (`*_rel_mse`): raw MSEs are
+dominated by a few velocity dims. The overall rows carry the p-value of a paired t-test over
+seeds against MrCoM (every variant shares the data and seeds), Holm-corrected over all of the
+report's comparisons, whose number the report states.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mrcom_lightning import tracking
-from mrcom_lightning.compare import against_reference, markdown, plot_bars, welch_p_value
+from mrcom_lightning.compare import cell_text, plot_bars
+from mrcom_lightning.stats import holm, paired_p_value
 from mrcom_lightning.sweep import cell_name, grid_run, run_cells, sweep_parser
 from mrcom_lightning.tracking import TEST_METRICS
 
@@ -38,7 +42,9 @@ VARIANTS = {
 # Test splits: interpolation, then each kind of extrapolation (scenarios/meta_set.py).
 SPLITS = ("test_id", "test_ood_dynamics", "test_ood_objective", "test_ood")
 OOD_SPLITS = SPLITS[1:]
-ERRORS = ("one_step_mse", "open_loop_mse", "one_step_reward_mse", "open_loop_reward_mse")
+# Observation errors per dim in units of its one-step change (metrics.PerDimStepwise), rewards raw.
+ERRORS = ("one_step_rel_mse", "open_loop_rel_mse", "one_step_reward_mse", "open_loop_reward_mse")
+PLOTTED = ("open_loop_rel_mse", "open_loop_reward_mse")
 SIZES = {
     "cpu": ["configs/multi.yaml", "configs/study/generalization.yaml", "configs/study/cpu.yaml"],
     "paper": ["configs/multi.yaml", "configs/study/generalization.yaml"],
@@ -103,31 +109,89 @@ def table_cells(results, split: str, error: str, domains: list[str]) -> dict[tup
 def ood_open_loop(results, variant: str, domains: list[str]) -> list[float]:
     """Per seed: the open-loop observation error averaged over domains and the three OOD kinds."""
     return [
-        float(np.mean([overall(m, split, "open_loop_mse", domains) for split in OOD_SPLITS]))
+        float(np.mean([overall(m, split, "open_loop_rel_mse", domains) for split in OOD_SPLITS]))
         for m in results.get(variant, {}).values()
     ]
 
 
 def summary_line(results, domains: list[str]) -> str:
-    ours, rssm = ood_open_loop(results, REFERENCE, domains), ood_open_loop(results, "rssm", domains)
+    """The study's one pre-declared comparison (MrCoM against the RSSM, OOD open-loop observation
+    error, per-dim relative), paired over the seeds both have; uncorrected, as it is one test."""
+    shared = sorted(set(results.get(REFERENCE, {})) & set(results.get("rssm", {})))
+    pick = {v: {s: results[v][s] for s in shared} for v in (REFERENCE, "rssm") if v in results}
+    ours, rssm = ood_open_loop(pick, REFERENCE, domains), ood_open_loop(pick, "rssm", domains)
     if not ours or not rssm:
         return "mrcom_over_rssm_ood_open_loop=nan p=nan seeds=0"
     ratio = float(np.mean(ours) / np.mean(rssm))
-    return f"mrcom_over_rssm_ood_open_loop={ratio:.3f} p={welch_p_value(ours, rssm):.3g} seeds={min(len(ours), len(rssm))}"
+    return f"mrcom_over_rssm_ood_open_loop={ratio:.3f} p={paired_p_value(ours, rssm):.3g} seeds={len(shared)}"
+
+
+def overall_by_seed(results, variant: str, split: str, error: str, domains: list[str]) -> dict[int, float]:
+    """seed -> the variant's overall error (mean over domains) in that cell, where finite."""
+    values = {seed: overall(m, split, error, domains) for seed, m in results.get(variant, {}).items()}
+    return {seed: v for seed, v in values.items() if np.isfinite(v)}
+
+
+def paired_comparisons(results, domains: list[str], reference: str) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(split, error, variant) -> ratio of means to `reference`, the paired t-test's p over the seeds
+    both have, and that p Holm-corrected over all the comparisons returned (the overall rows)."""
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
+    for split in SPLITS:
+        for error in ERRORS:
+            base = overall_by_seed(results, reference, split, error, domains)
+            for variant in results:
+                values = overall_by_seed(results, variant, split, error, domains)
+                shared = sorted(set(base) & set(values))
+                if variant == reference or not shared:
+                    continue
+                a, b = [values[s] for s in shared], [base[s] for s in shared]
+                ratio = float(np.mean(a) / np.mean(b)) if np.mean(b) else float("nan")
+                out[split, error, variant] = {"ratio": ratio, "p": paired_p_value(a, b), "seeds": len(shared)}
+    keys = list(out)
+    for key, adjusted in zip(keys, holm([out[k]["p"] for k in keys])):
+        out[key]["p_holm"] = adjusted
+    return out
+
+
+def study_table(rows, columns, cells, split: str, error: str, reference: str | None, compared) -> str:
+    """One split × error: mean ± std per domain and overall; beside each variant its ratio of means
+    to `reference` (every row) and, on the overall row, the Holm-corrected paired p-value."""
+    header = []
+    for col in columns:
+        header += [col] + ([f"{col} ÷ {reference}", "p (Holm)"] if reference and col != reference else [])
+    lines = [f"| {split}/{error} | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for row in rows:
+        texts = []
+        base = cells.get((row, reference))
+        for col in columns:
+            values = cells.get((row, col))
+            texts.append(cell_text(values, 4))
+            if not reference or col == reference:
+                continue
+            ratio = float(np.mean(values) / np.mean(base)) if values and base and np.mean(base) else float("nan")
+            p = compared.get((split, error, col), {}).get("p_holm", float("nan")) if row == "overall" else float("nan")
+            texts += [f"{ratio:.4f}" if np.isfinite(ratio) else "–", f"{p:.3g}" if np.isfinite(p) else "–"]
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
 
 
 def report(results, root: Path) -> str:
     """Writes `report.md`, `report.csv` and bar charts of the overall open-loop errors per split
-    (`open_loop_mse.png`, `open_loop_reward_mse.png`, ± std over seeds) under `root`; returns the Markdown."""
+    (`open_loop_rel_mse.png`, `open_loop_reward_mse.png`, ± std over seeds) under `root`; returns the Markdown."""
     domains = domains_of(results)
     rows = domains + ["overall"]
     cols = [v for v in VARIANTS if v in results]
     reference = REFERENCE if REFERENCE in results else None
     seeds = {v: len(s) for v, s in results.items()}
+    compared = paired_comparisons(results, domains, reference) if reference else {}
+    tested = sum(np.isfinite(c["p"]) for c in compared.values())
     parts = [
         f"Cells: {', '.join(f'{v} ({n} seeds)' for v, n in seeds.items())}. Each cell: mean ± std over seeds; "
-        f"`÷ {reference}`: ratio of means to {reference}; `p`: Welch's t-test against it; `{NAIVE}`: repeating the "
-        "last real observation and reward on the same windows. Lower is better.",
+        f"`÷ {reference}`: ratio of means to {reference}; `p (Holm)`: paired t-test over the shared seeds against "
+        f"{reference} (overall rows only), Holm-corrected over this report's {tested} comparisons; `{NAIVE}`: "
+        "repeating the last real observation and reward on the same windows (not tested). Observation errors "
+        "(`*_rel_mse`): per dim in units of its mean squared one-step change, then averaged over dims and domains. "
+        "Lower is better.",
     ]
     records = []
     for split in SPLITS:
@@ -140,23 +204,26 @@ def report(results, root: Path) -> str:
             cells |= naive
             parts.append(f"\n### {split} · {error}\n")
             columns = cols + ([NAIVE] if naive else [])
-            parts.append(markdown(rows, columns, cells, 4, f"{split}/{error}", reference))
-            compared = against_reference(cells, rows, columns, reference) if reference else {}
+            parts.append(study_table(rows, columns, cells, split, error, reference, compared))
             for row in rows:
+                base = cells.get((row, reference)) if reference else None
                 for col in columns:
                     values = cells.get((row, col))
                     if values:
-                        ratio, p = compared.get((row, col), (1.0 if col == reference else float("nan"), float("nan")))
-                        records.append([split, error, row, col, np.mean(values), np.std(values), len(values), ratio, p])
+                        ratio = float(np.mean(values) / np.mean(base)) if base and np.mean(base) else float("nan")
+                        test = compared.get((split, error, col), {}) if row == "overall" else {}
+                        records.append([split, error, row, col, np.mean(values), np.std(values), len(values), ratio,
+                                        test.get("p", float("nan")), test.get("p_holm", float("nan"))])
     parts.append("\n" + summary_line(results, domains))
     text = "\n".join(parts) + "\n"
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(text)
     with (root / "report.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["split", "error", "domain", "variant", "mean", "std", "seeds", f"ratio_to_{REFERENCE}", "p_value"])
+        writer.writerow(["split", "error", "domain", "variant", "mean", "std", "seeds", f"ratio_to_{REFERENCE}",
+                         "p_paired", "p_holm"])
         writer.writerows(records)
-    for error in ("open_loop_mse", "open_loop_reward_mse"):  # overall errors per split, ± std over seeds
+    for error in PLOTTED:  # overall errors per split, ± std over seeds
         cells = {(split, variant): values for split in SPLITS
                  for (row, variant), values in table_cells(results, split, error, domains).items() if row == "overall"}  # fmt: skip
         if cells:
@@ -166,7 +233,7 @@ def report(results, root: Path) -> str:
 
 def log_report(client, run_id: str, root: Path, summary: str) -> None:
     """The report's files as artifacts of the study's parent run (`report/`), its summary as metrics."""
-    for name in ("report.md", "report.csv", "open_loop_mse.png", "open_loop_reward_mse.png"):
+    for name in ("report.md", "report.csv", *(f"{error}.png" for error in PLOTTED)):
         if (root / name).is_file():
             client.log_artifact(run_id, str(root / name), "report")
     values = {key: float(value) for key, value in (item.split("=") for item in summary.split())}

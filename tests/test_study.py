@@ -19,8 +19,9 @@ DOMAINS = ("cheetah", "walker")
 
 
 def fake_metrics(variant: str, seed: int) -> dict[str, float]:
-    """Known test errors: a variant's error is its rank + 1 (+ 0.1 × seed) on every split and domain."""
-    value = list(study.VARIANTS).index(variant) + 1 + 0.1 * seed
+    """Known test errors: a variant's error is (its rank + 1) × (1 + 0.1 × seed) on every split and
+    domain (so its differences to MrCoM vary over seeds, as a paired test needs)."""
+    value = (list(study.VARIANTS).index(variant) + 1) * (1 + 0.1 * seed)
     return {
         f"{split}/{domain}/{prefix}{error}": value if not prefix else 10.0 + seed
         for split in study.SPLITS
@@ -87,19 +88,22 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
 
     text = (root / "report.md").read_text()
     assert text.strip() in capsys.readouterr().out
-    assert "| test_ood_dynamics/open_loop_mse | mrcom | rssm | rssm ÷ mrcom | p |" in text
-    assert text.count("| naive | naive ÷ mrcom | p |") == len(study.SPLITS) * len(study.ERRORS)
+    assert "| test_ood_dynamics/open_loop_rel_mse | mrcom | rssm | rssm ÷ mrcom | p (Holm) |" in text
+    assert text.count("| naive | naive ÷ mrcom | p (Holm) |") == len(study.SPLITS) * len(study.ERRORS)
     naive_row = next(line for line in text.splitlines() if line.startswith("| overall |"))
-    assert f"| 11.0000 ± 0.8165 (n=3) | {11 / 1.1:.4f} |" in naive_row  # the naive forecast: 10 + seed
-    # rssm's errors are 2 + 0.1 seed against mrcom's 1 + 0.1 seed: ratio 2.1 / 1.1, Welch p of those samples.
-    mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.1, 2.2]
-    p = stats.ttest_ind(rssm, mrcom, equal_var=False).pvalue
-    row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.1000 ± 0.0816 (n=3)" in line)
-    assert f"| {2.1 / 1.1:.4f} | {p:.3g} |" in row
-    assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={1.1 / 2.1:.3f} p={p:.3g} seeds=3")
-    assert (root / "open_loop_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
+    assert f"| 11.0000 ± 0.8165 (n=3) | {11 / 1.1:.4f} | – |" in naive_row  # the naive forecast: 10 + seed, untested
+    # rssm's errors are 2 (1 + 0.1 seed) against mrcom's 1 + 0.1 seed: ratio 2, paired p of those samples,
+    # Holm over 6 variants x 4 splits x 4 errors, all with the same p.
+    mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.2, 2.4]
+    p = stats.ttest_rel(rssm, mrcom).pvalue
+    comparisons = (len(study.VARIANTS) - 1) * len(study.SPLITS) * len(study.ERRORS)
+    assert f"over this report's {comparisons} comparisons" in text
+    row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.2000 ± 0.1633 (n=3)" in line)
+    assert f"| {2.0:.4f} | {min(1.0, comparisons * p):.3g} |" in row
+    assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={0.5:.3f} p={stats.ttest_rel(mrcom, rssm).pvalue:.3g} seeds=3")
+    assert (root / "open_loop_rel_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
     rows = (root / "report.csv").read_text().splitlines()
-    assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_value"
+    assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_paired,p_holm"
     assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.VARIANTS) + 1)
 
     # One parent MLflow run for the grid: every cell gets its id, the report is its artifact.
@@ -108,13 +112,45 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     parent = runs[0].info.run_id
     assert {env[study.tracking.PARENT_RUN_ENV] for env in fake_cells.envs} == {parent}
     assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.md", "report/report.csv"}
-    assert runs[0].data.metrics["mrcom_over_rssm_ood_open_loop"] == pytest.approx(1.1 / 2.1, abs=1e-3)
+    assert runs[0].data.metrics["mrcom_over_rssm_ood_open_loop"] == pytest.approx(0.5, abs=1e-3)
     assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     fake_cells.clear()
     main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
     assert fake_cells == []  # every cell is done: a re-run only reports
     assert [r.info.run_id for r in parent_runs(tmp_path)[1]] == [parent]  # into the same parent run
+
+
+def test_holm_corrected_paired_p_values_match_a_hand_computation(tmp_path):
+    """A made-up report: three variants against MrCoM on one split and error, two domains, three
+    seeds. Each p is the paired t-test of the overall errors (mean over domains) by seed; Holm
+    multiplies the k-th smallest of m = 3 by m − k + 1 and keeps the sequence monotone."""
+    errors = {  # variant -> seed -> (cheetah, walker)
+        "mrcom": {0: (1.0, 3.0), 1: (1.2, 2.6), 2: (0.9, 3.3)},
+        "rssm": {0: (1.5, 3.1), 1: (1.9, 2.9), 2: (1.1, 3.5)},
+        "cadm": {0: (1.1, 3.0), 1: (1.1, 2.9), 2: (1.0, 3.2)},
+        "no_context": {0: (3.0, 5.0), 1: (3.3, 4.7), 2: (2.8, 5.4)},
+    }
+    results = {v: {s: {f"test_id/{d}/open_loop_rel_mse": e[k] for k, d in enumerate(DOMAINS)} for s, e in by_seed.items()}
+               for v, by_seed in errors.items()}  # fmt: skip
+    overall = {v: [np.mean(by_seed[s]) for s in (0, 1, 2)] for v, by_seed in errors.items()}
+    raw = {v: stats.ttest_rel(overall[v], overall["mrcom"]).pvalue for v in ("rssm", "cadm", "no_context")}
+    order = sorted(raw, key=raw.get)
+    by_hand, running = {}, 0.0
+    for k, v in enumerate(order):
+        running = max(running, min(1.0, (3 - k) * raw[v]))
+        by_hand[v] = running
+    compared = study.paired_comparisons(results, list(DOMAINS), "mrcom")
+    for v in raw:
+        test = compared["test_id", "open_loop_rel_mse", v]
+        assert test["p"] == pytest.approx(raw[v]) and test["p_holm"] == pytest.approx(by_hand[v]), v
+        assert test["ratio"] == pytest.approx(np.mean(overall[v]) / np.mean(overall["mrcom"]))
+    text = study.report(results, tmp_path)
+    assert "over this report's 3 comparisons" in text
+    row = next(line for line in text.splitlines() if line.startswith("| overall |"))
+    for v in raw:
+        assert f"| {np.mean(overall[v]) / np.mean(overall['mrcom']):.4f} | {by_hand[v]:.3g} |" in row, v
+    assert by_hand["no_context"] < 0.05 < by_hand["cadm"]  # the correction changes what is called a difference
 
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
@@ -124,7 +160,7 @@ def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     main(["study", "--root", str(root), "--seeds", "[0, 1]", "--report_only", "true"])
     assert fake_cells == []
     out = capsys.readouterr().out
-    assert "mrcom (2 seeds), cadm (2 seeds)" in out and "| cadm ÷ mrcom | p |" in out
+    assert "mrcom (2 seeds), cadm (2 seeds)" in out and "| cadm ÷ mrcom | p (Holm) |" in out
     assert "mrcom_over_rssm_ood_open_loop=nan" in out  # no rssm cell: no summary ratio
 
 
