@@ -68,6 +68,8 @@ class TrackRun(SaveConfigCallback):
             self._describe(trainer, logger, stage)
 
     def _describe(self, trainer, logger: MLFlowLogger, stage: str) -> None:
+        from mlflow.entities import RunTag
+
         client, uri = logger.experiment, logger._tracking_uri
         run = client.get_run(logger.run_id)
         tracking.mark_experiment(client, run.info.experiment_id)
@@ -82,8 +84,7 @@ class TrackRun(SaveConfigCallback):
         if self.invocation.source_run:
             tags[tracking.RESUMES_TAG if stage == "fit" else tracking.EVALUATES_TAG] = self.invocation.source_run
         tags[tracking.NOTE_TAG] = self._note(trainer, stage)
-        for key, value in tags.items():
-            client.set_tag(run.info.run_id, key, value)
+        client.log_batch(run.info.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
         params = run_params(config, trainer)
         if self.invocation.checkpoint_uri:  # rather than the temporary file it was downloaded to
             params["ckpt_path"] = self.invocation.checkpoint_uri
@@ -105,7 +106,6 @@ class TrackRun(SaveConfigCallback):
         return "\n".join(lines)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        # What `mrcom test --ckpt_path ...` without --config needs besides the hyperparameters.
         config = self.config.as_dict()
         trainer_config = config.get("trainer", {})
         checkpoint["mrcom_trainer"] = {k: trainer_config[k] for k in CARRIED_TRAINER_KEYS if k in trainer_config}

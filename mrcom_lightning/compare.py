@@ -57,7 +57,7 @@ def load_runs(tracking_uri: str, experiments: list[str], filter_string: str = ""
     if database is not None and not database.is_file():
         raise ValueError(f"no MLflow store at {tracking_uri} ({database.resolve()}); run where `mrcom fit` wrote it")
     tracking.prepare_store(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking.absolute_uri(tracking_uri))
     runs = mlflow.search_runs(experiment_names=experiments, filter_string=filter_string, output_format="pandas")
     if runs.empty:
         raise ValueError(f"no MLflow runs in experiments {experiments} at {tracking_uri} (filter: {filter_string!r})")
@@ -207,7 +207,7 @@ def plot_curves(path: Path, runs, columns: str, curve: str, tracking_uri: str) -
     import matplotlib.pyplot as plt
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking.absolute_uri(tracking_uri))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     drawn = False
     for column in sorted(v for v in runs[columns].dropna().unique() if isinstance(v, str)):
@@ -244,7 +244,7 @@ def log_comparison(args, files: list[Path]) -> str:
     """Logs the outputs as artifacts of a run of experiment `args.log_experiment`; the run's summary."""
     client = tracking.prepare_store(args.tracking_uri)
     with tracking.store_lock(args.tracking_uri):
-        experiment_id = tracking.ensure_experiment(client, args.log_experiment)
+        experiment_id = tracking.ensure_experiment(client, args.log_experiment, args.tracking_uri)
     name = "compare-" + args.metric.replace("{domain}", "*")
     run = client.create_run(experiment_id, run_name=name, tags={"mrcom.compares": ", ".join(args.experiment)})
     name = tracking.claim_run_name(client, args.tracking_uri, run, name)

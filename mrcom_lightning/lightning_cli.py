@@ -66,14 +66,14 @@ class MrCoMCLI(LightningCLI):
         if config.threads < 1:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
-        for uri in logger_uris(config.get("trainer")):
-            tracking.prepare_store(uri)  # tables created under a lock, before any logger connects
         if config.get("weights_only") is False:
             self.parser.error(
                 "--weights_only false is not supported: it would let a checkpoint run any code it names "
                 "(README.md, Security)"
             )
         self._check_ckpt_path(config.get("ckpt_path"))
+        for uri in logger_uris(config.get("trainer")):
+            tracking.prepare_store(uri)  # tables created under a lock, before any logger connects
 
     def _check_ckpt_path(self, ckpt_path) -> None:
         """Loads a `--ckpt_path` file once, safely, before any data is collected or model built.

@@ -43,6 +43,13 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def absolute_uri(uri: str) -> str:
+    """An `sqlite:///` URI with its file made absolute: MLflow caches stores by URI, so a relative
+    one would keep pointing at the first working directory it was opened from."""
+    database = sqlite_file(uri)
+    return f"sqlite:///{database.resolve()}" if database is not None else uri
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of an `sqlite:///` URI (relative to the working directory), else None."""
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
@@ -76,7 +83,7 @@ def prepare_store(uri: str):
     from mlflow.tracking import MlflowClient
 
     with store_lock(uri):
-        return MlflowClient(tracking_uri=uri)
+        return MlflowClient(tracking_uri=absolute_uri(uri))
 
 
 def mark_experiment(client, experiment_id: str) -> None:
@@ -86,13 +93,16 @@ def mark_experiment(client, experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
-def ensure_experiment(client, name: str, artifact_location: str | None = DEFAULT_ARTIFACTS) -> str:
-    """The id of experiment `name`, created (tagged as model training) if missing."""
+def ensure_experiment(client, name: str, uri: str) -> str:
+    """The id of experiment `name` in the store `uri`, created (tagged as model training, with its
+    artifacts in `mlruns-artifacts` beside an SQLite store's file) if missing."""
     found = client.get_experiment_by_name(name)
-    if found is None:
-        return client.create_experiment(name, artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-    mark_experiment(client, found.experiment_id)
-    return found.experiment_id
+    if found is not None:
+        mark_experiment(client, found.experiment_id)
+        return found.experiment_id
+    database = sqlite_file(uri)
+    location = str(database.resolve().parent / DEFAULT_ARTIFACTS) if database is not None else None
+    return client.create_experiment(name, location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def claim_run_name(client, uri: str, run, name: str) -> str:
@@ -261,13 +271,13 @@ def resolve_checkpoint(path: str, uri: str | None = None) -> str:
     if run_id and str(path).removeprefix("runs:/").strip("/") == run_id:
         artifact = f"runs:/{run_id}/{BEST_CHECKPOINT}"
     if str(path).startswith("models:/"):
-        mlflow.set_registry_uri(uri)  # the registry of the same store (download_artifacts takes no registry URI)
+        mlflow.set_registry_uri(absolute_uri(uri))  # the registry of the same store (download_artifacts takes no registry URI)
     folder = tempfile.mkdtemp(prefix="mrcom-checkpoint-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=folder, tracking_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=folder, tracking_uri=absolute_uri(uri)))
     except (MlflowException, OSError) as err:
-        client = mlflow.MlflowClient(tracking_uri=uri)
+        client = mlflow.MlflowClient(tracking_uri=absolute_uri(uri))
         logged = _run_checkpoints(client, run_id) if run_id else []
         hint = f"; the run has {', '.join(logged)}" if logged else ""
         raise CheckpointNotFoundError(
@@ -298,7 +308,7 @@ def parent_run(uri: str, experiment: str, name: str, params: dict, state: Path) 
             run_id = None
     if not run_id:
         with store_lock(uri):
-            experiment_id = ensure_experiment(client, experiment)
+            experiment_id = ensure_experiment(client, experiment, uri)
         run = client.create_run(experiment_id, run_name=name, tags=git_tags())
         run_id = run.info.run_id
         claim_run_name(client, uri, run, name)

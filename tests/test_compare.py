@@ -21,8 +21,9 @@ KNOWN = {
 
 
 @pytest.fixture()
-def store(tmp_path):
+def store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what mlflow.set_tracking_uri sets: restored after the test
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("multi")
     for (method, seed), (hopper, walker) in KNOWN.items():
@@ -116,8 +117,9 @@ def test_reference_adds_ratio_and_p_value_columns(store, tmp_path, capsys):
     assert "--reference 'nope'" in capsys.readouterr().err
 
 
-def test_one_run_shows_n_and_outputs_go_to_a_comparison_run(tmp_path, capsys):
+def test_one_run_shows_n_and_outputs_go_to_a_comparison_run(tmp_path, capsys, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlruns.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("quick")
     with mlflow.start_run(tags={"method": "mrcom"}):
@@ -134,6 +136,7 @@ def test_one_run_shows_n_and_outputs_go_to_a_comparison_run(tmp_path, capsys):
     assert run.info.run_name == "compare-test_id/*/open_loop_mse" and run.data.tags["mrcom.compares"] == "quick"
     assert run.data.params["metric"] == "test_id/{domain}/open_loop_mse"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"table.md", "table.csv", "scores.png"}
+    assert experiment.artifact_location == str(tmp_path / "mlruns-artifacts")  # beside the store, not in the cwd
     assert f"logged to MLflow run {run.info.run_name} (id {run.info.run_id})" in printed
 
 

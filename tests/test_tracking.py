@@ -86,7 +86,7 @@ def test_test_takes_a_run_uri_and_links_to_the_run(fit):
     client = mlflow_client(cwd)
     parent = client.create_run(fitted.info.experiment_id, run_name="a-grid").info.run_id
     uri = f"runs:/{run_id}/checkpoints/best.ckpt"
-    env = dict(os.environ, **{tracking.PARENT_RUN_ENV: parent})
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {tracking.PARENT_RUN_ENV: parent}
     result = subprocess.run(mrcom_command("test", "--ckpt_path", uri, "--trainer.enable_progress_bar", "false"),
                             cwd=cwd, capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -144,7 +144,7 @@ import sys
 from mrcom_lightning import tracking
 client = tracking.prepare_store(sys.argv[1])
 with tracking.store_lock(sys.argv[1]):
-    experiment = tracking.ensure_experiment(client, "quick")
+    experiment = tracking.ensure_experiment(client, "quick", sys.argv[1])
 run = client.create_run(experiment, run_name="quick-mrcom-seed0")
 print(tracking.claim_run_name(client, sys.argv[1], run, "quick-mrcom-seed0"))
 """
