@@ -194,3 +194,12 @@ def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
     text = Path("runs/report.md").read_text()
     assert "### test_ood_objective · open_loop_mse" in text and "| rssm ÷ mrcom | p |" in text
     assert "seeds=2" in text.splitlines()[-1]
+    # In MLflow: one parent run, the 4 fits and 4 tests nested under it and named for their cell.
+    client, runs = parent_runs(tmp_path)
+    (parent,) = [r for r in runs if r.info.run_name == "study-custom"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 9 and len(children) == 8
+    assert {r.info.run_name for r in children if r.data.tags["command"] == "fit"} == {
+        f"quick+generalization-{method}-seed{seed}" for method in ("mrcom", "rssm") for seed in (0, 1)
+    }
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
