@@ -42,7 +42,7 @@ logged to MLflow (experiment `adapt_efficiency`) with the tables.
     python benchmarks/adapt_efficiency.py                      # held-out targets, seeds 10-14, two world models
     python benchmarks/adapt_efficiency.py --targets tuning     # the tuning targets, seeds 0-2, with the diagnostics
     python benchmarks/adapt_efficiency.py --smoke              # a few minutes: tiny data, model and budget
-    python benchmarks/adapt_efficiency.py --set fine_tune=false   # an ablation of the loop (model methods)
+    python benchmarks/adapt_efficiency.py --set fine_tune.enabled=false   # an ablation of the loop (model methods)
 
 The last lines, one per domain: `<domain>: mrcom_over_best_control=<MrCoM's mean final ÷ the best
 control's> p=<Holm-corrected paired p against that control>`.
@@ -79,6 +79,7 @@ from mrcom_lightning.models import WorldModelConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 from mrcom_lightning.stats import holm, paired_p_value  # noqa: E402
+from mrcom_lightning.training import fit_observation_statistics  # noqa: E402
 
 REDUCED = WorldModelConfig(
     embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=8, context_length=8, heads=4, reward_bins=63
@@ -94,7 +95,7 @@ CONTROLS = ("null", "sac", "sac_utd", "droq")
 DIAGNOSTICS = ("naive_reward", "naive_obs")
 DROQ = dict(critic_dropout=0.01, critic_layer_norm=True)
 # What `adapt(use_model=False)` reads of an AdaptationConfig: a model-free run's key.
-MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "warmup_steps", "updates_per_step", "eval_every", "eval_episodes", "sac")
+MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "eval_every", "eval_episodes", "sac")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,14 +150,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def changes(pairs: list[str]) -> dict:
-    """`--set` pairs as typed AdaptationConfig fields."""
-    fields = {f.name: f for f in dataclasses.fields(AdaptationConfig)}
+    """`--set` pairs as typed AdaptationConfig fields (`env_steps=...`, a group's `rollout.horizon=...`)."""
     out = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
-        if key not in fields or key == "sac":
-            raise SystemExit(f"--set {pair!r}: {key!r} is not an AdaptationConfig field ({', '.join(fields)})")
-        kind = type(getattr(AdaptationConfig(), key))
+        owner, _, name = key.rpartition(".")
+        settings = getattr(AdaptationConfig(), owner) if owner else AdaptationConfig()
+        if not dataclasses.is_dataclass(settings) or name not in {f.name for f in dataclasses.fields(settings)}:
+            raise SystemExit(f"--set {pair!r}: {key!r} is not a setting of the adaptation loop (e.g. rollout.horizon)")
+        kind = type(getattr(settings, name))
         out[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
     return out
 
@@ -164,20 +166,21 @@ def changes(pairs: list[str]) -> dict:
 def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
     """(uses the model, settings) of each method: the model methods share the loop's settings, the
     model-free controls make plain SAC's or MrCoM's number of updates per real step."""
-    base = dict(env_steps=args.env_steps, episode_steps=args.episode_steps, warmup_steps=args.warmup_steps,
-                eval_every=args.eval_every, eval_episodes=args.eval_episodes)
+    base = AdaptationConfig().replace(env_steps=args.env_steps, episode_steps=args.episode_steps, eval_every=args.eval_every,
+                                      eval_episodes=args.eval_episodes, **{"sac.warmup_steps": args.warmup_steps})
     if args.smoke:
-        base |= dict(rollout_every=50, rollout_batch=50, history_length=8, sac=SACConfig(hidden_dim=64, batch_size=64, warmup_steps=0))
-    loop = AdaptationConfig(**(base | changes(args.set)))
-    utd = loop.updates_per_step + loop.model_updates_per_step
+        base = base.replace(history_length=8, **{"rollout.every": 50, "rollout.starts": 50, "sac.hidden_dim": 64,
+                                                 "sac.batch_size": 64})
+    loop = base.replace(**changes(args.set))
+    utd = {"sac.updates_per_step": loop.sac.updates_per_step + loop.replay.model_updates_per_step}
     configs = {
         "mrcom": (True, loop),
-        "sac": (False, AdaptationConfig(**base)),
-        "sac_utd": (False, AdaptationConfig(**base, updates_per_step=utd)),
-        "droq": (False, dataclasses.replace(AdaptationConfig(**base, updates_per_step=utd), sac=dataclasses.replace(loop.sac, **DROQ))),
+        "sac": (False, base),
+        "sac_utd": (False, base.replace(**utd)),
+        "droq": (False, base.replace(**utd, **{f"sac.{key}": value for key, value in DROQ.items()})),
     }
     for imagination in ("null",) + DIAGNOSTICS:
-        configs[imagination] = (True, dataclasses.replace(loop, imagination=imagination))
+        configs[imagination] = (True, loop.replace(**{"rollout.imagination": imagination}))
     return {method: configs[method] for method in args.methods}
 
 
@@ -250,9 +253,7 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> 
     if saved is not None and saved["key"] == key:
         module.load_state_dict(saved["state_dict"])
     else:
-        if config.obs_normalization == "standardize":  # as `mrcom fit` does at its start
-            datamodule.setup("fit")
-            module.world_model.set_observation_statistics(*datamodule.observation_statistics())
+        fit_observation_statistics(module, datamodule)
         start = time.perf_counter()
         losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
         torch.save({"key": key, "state_dict": module.state_dict()}, path)
@@ -277,13 +278,8 @@ def target_errors(module: MrCoM, dataset: DatasetConfig, spec, windows: int = 25
     against the naive forecast's: observations per dim in units of their one-step change."""
     domain = module.domains.index(spec.domain)
     store = EpisodeStore(dataset.root)
-    history = RealHistory(module.obs_dims[domain], module.act_dims[domain])
-    for episode in store.read_all(store.index(spec.id)):
-        history.start(episode.obs[0])
-        for t in range(episode.steps):
-            history.add(episode.action[t], float(episode.reward[t]), episode.obs[t + 1], t == episode.steps - 1)
-    batch = history.batch(windows, 16 + horizon, REDUCED.context_length, np.random.default_rng(0), domain,
-                          max(module.obs_dims), max(module.act_dims))
+    history = RealHistory.from_episodes(store.read_all(store.index(spec.id)), module.obs_dims[domain], module.act_dims[domain])
+    batch = history.model_batch(module, domain, windows, 16 + horizon, np.random.default_rng(0))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         e = open_loop_errors(module.world_model, batch, horizon, anchor=True, anchor_reward=True)

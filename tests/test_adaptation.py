@@ -18,7 +18,18 @@ import pytest
 import torch
 import yaml
 
-from mrcom_lightning.adaptation import AdaptationConfig, RealHistory, adapt, imagine, resolve_targets, score_of
+from mrcom_lightning.adaptation import (
+    AdaptationConfig,
+    FineTuneSettings,
+    RealHistory,
+    ReplaySettings,
+    RolloutSettings,
+    SafeguardSettings,
+    adapt,
+    imagine,
+    resolve_targets,
+    score_of,
+)
 from mrcom_lightning.adaptation import loop, rounds
 from mrcom_lightning.adaptation.imagination import open_loop_errors, per_dim_relative_errors
 from mrcom_lightning.agents import SAC, SACConfig
@@ -39,12 +50,12 @@ HOPPER = ScenarioSpec("hopper", target_speed=0.5, seed=3)
 TINY = WorldModelConfig(
     embed_dim=16, hidden_dim=32, stochastic_dim=8, deterministic_dim=16, auxiliary_dim=4, context_length=4, heads=4, reward_bins=31
 )
-TINY_SAC = SACConfig(hidden_dim=32, batch_size=16, warmup_steps=0)
+TINY_SAC = SACConfig(hidden_dim=32, batch_size=16, warmup_steps=20)
 # 60 real steps in 30-step episodes; rollouts start at step 21 and come every 10 steps: 4 rounds.
-TINY_ADAPT = dict(
-    env_steps=60, episode_steps=30, warmup_steps=20, updates_per_step=1, model_updates_per_step=0, horizon=2,
-    rollout_every=10, rollout_batch=8, model_pool_rounds=2, history_length=6, fine_tune_steps=2, eval_episodes=1,
-    safeguard=True, sac=TINY_SAC,
+TINY_ADAPT = AdaptationConfig(
+    env_steps=60, episode_steps=30, history_length=6, eval_episodes=1, sac=TINY_SAC,
+    rollout=RolloutSettings(horizon=2, every=10, starts=8), replay=ReplaySettings(model_updates_per_step=0, pool_rounds=2),
+    fine_tune=FineTuneSettings(steps=2), safeguard=SafeguardSettings(enabled=True),
 )
 
 
@@ -54,7 +65,8 @@ def tiny_model() -> MrCoM:
 
 
 def tiny_config(**changes) -> AdaptationConfig:
-    return AdaptationConfig(**(TINY_ADAPT | changes))
+    """TINY_ADAPT with `changes`; a group's field is named with a double underscore: `rollout__horizon=3`."""
+    return TINY_ADAPT.replace(**{key.replace("__", "."): value for key, value in changes.items()})
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -149,7 +161,7 @@ def test_the_null_model_imagines_the_real_start_repeated_with_new_actions():
     assert len(torch.unique(out["action"], dim=0)) > 1  # the actions are new draws of the policy
     # A null pool row is a real observation with the reward that arrived with it and a new action.
     real = {(tuple(obs), reward) for e in history.episodes for obs, reward in zip(e["obs"][1:].tolist(), e["reward"].tolist())}
-    kept = rounds.imagined_transitions(out, tiny_config(), 3)
+    kept = rounds.imagined_transitions(out, tiny_config().rollout, 3)
     assert len(kept["reward"]) == len(out["reward"])
     assert all((tuple(o), r) in real for o, r in zip(kept["obs"].tolist(), kept["reward"].tolist()))
 
@@ -186,12 +198,12 @@ def test_the_collapse_flag(scores, expected):
 
 
 def test_a_null_model_run_is_named_and_fills_the_pool():
-    config = tiny_config(safeguard=False, imagination="null", eval_every=0)
+    config = tiny_config(safeguard__enabled=False, rollout__imagination="null", eval_every=0)
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert result.method == "null" and result.summary()["method"] == "null"
     assert result.imagined > 0
-    with pytest.raises(ValueError, match="adaptation.imagination"):
-        tiny_config(imagination="zero")
+    with pytest.raises(ValueError, match="adaptation.rollout.imagination"):
+        tiny_config(rollout__imagination="zero")
 
 
 def test_history_windows_need_a_prompt_and_a_long_enough_episode():
@@ -225,14 +237,14 @@ def test_a_history_prompt_is_another_episode_or_the_windows_own_past():
 def test_without_fine_tuning_the_world_model_is_untouched():
     model = tiny_model()
     before = snapshot(model)
-    result = adapt(HOPPER, tiny_config(fine_tune=False, safeguard=False), model, use_model=True, seed=0, progress=False)
+    result = adapt(HOPPER, tiny_config(fine_tune__enabled=False, safeguard__enabled=False), model, use_model=True, seed=0, progress=False)
     assert result.imagined > 0  # the model was used
     assert changed(before, model.state_dict()) == []
     assert math.isfinite(result.score) and result.use_model
 
 
 def test_fine_tuning_is_on_by_default_and_trains_the_world_model():
-    assert AdaptationConfig().fine_tune
+    assert AdaptationConfig().fine_tune.enabled
     model = tiny_model()
     before = snapshot(model)
     result = adapt(HOPPER, tiny_config(), model, use_model=True, seed=0, progress=False)
@@ -252,12 +264,13 @@ def reconstruction_error(model: MrCoM, batch) -> float:
 def test_fine_tuning_lowers_the_error_on_the_targets_transitions():
     model = tiny_model()
     history = hopper_history(episodes=3)
-    config = tiny_config(fine_tune_steps=40, fine_tune_lr=3e-3)
+    config = tiny_config(fine_tune__steps=40, fine_tune__lr=3e-3)
     domain = model.domains.index("hopper")
     held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain, 17, 6)
     before = reconstruction_error(model, held)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune_lr)
-    loss = rounds.fine_tune(model, history, config, domain, optimizer, np.random.default_rng(0), "cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune.lr)
+    loss = rounds.fine_tune(model, history, config.fine_tune, config.history_length, domain, optimizer,
+                            np.random.default_rng(0), "cpu")
     assert math.isfinite(loss)
     assert reconstruction_error(model, held) < 0.8 * before
 
@@ -290,25 +303,26 @@ def test_adapting_with_the_model_needs_a_model():
     [
         (dict(env_steps=0), "adaptation.env_steps"),
         (dict(episode_steps=0), "adaptation.episode_steps"),
-        (dict(horizon=0), "adaptation.horizon"),
-        (dict(rollout_every=0), "adaptation.rollout_every"),
-        (dict(rollout_batch=0), "adaptation.rollout_batch"),
-        (dict(model_pool_rounds=0), "adaptation.model_pool_rounds"),
-        (dict(warmup_steps=-1), "adaptation.warmup_steps"),
-        (dict(updates_per_step=-1), "adaptation.updates_per_step"),
+        (dict(rollout__horizon=0), "adaptation.rollout.horizon"),
+        (dict(rollout__every=0), "adaptation.rollout.every"),
+        (dict(rollout__starts=0), "adaptation.rollout.starts"),
+        (dict(replay__pool_rounds=0), "adaptation.replay.pool_rounds"),
+        (dict(sac__warmup_steps=-1), "sac.warmup_steps"),
+        (dict(sac__updates_per_step=0), "sac.updates_per_step"),
         (dict(eval_every=-5), "adaptation.eval_every"),
         (dict(eval_episodes=0), "adaptation.eval_episodes"),
-        (dict(real_ratio=0.0), "adaptation.real_ratio"),
-        (dict(real_ratio=1.5), "adaptation.real_ratio"),
+        (dict(replay__real_ratio=0.0), "adaptation.replay.real_ratio"),
+        (dict(replay__real_ratio=1.5), "adaptation.replay.real_ratio"),
         (dict(history_length=30), "adaptation.history_length"),
-        (dict(rollout_samples=0), "adaptation.rollout_samples"),
-        (dict(uncertainty="ensemble"), "adaptation.uncertainty"),
-        (dict(uncertainty_threshold=-1.0), "adaptation.uncertainty_threshold"),
-        (dict(safeguard_windows=0), "adaptation.safeguard_windows"),
-        (dict(safeguard_reward_tolerance=0.5), "adaptation.safeguard_reward_tolerance"),
-        (dict(safeguard_memory=1.0), "adaptation.safeguard_memory"),
-        (dict(safeguard_memory=-0.1), "adaptation.safeguard_memory"),
-        (dict(fine_tune_lr=0.0), "adaptation.fine_tune_lr"),
+        (dict(rollout__samples=0), "adaptation.rollout.samples"),
+        (dict(rollout__uncertainty="ensemble"), "adaptation.rollout.uncertainty"),
+        (dict(rollout__uncertainty_threshold=-1.0), "adaptation.rollout.uncertainty_threshold"),
+        (dict(rollout__imagination="zero"), "adaptation.rollout.imagination"),
+        (dict(error_windows=0), "adaptation.error_windows"),
+        (dict(safeguard__reward_tolerance=0.5), "adaptation.safeguard.reward_tolerance"),
+        (dict(safeguard__memory=1.0), "adaptation.safeguard.memory"),
+        (dict(safeguard__memory=-0.1), "adaptation.safeguard.memory"),
+        (dict(fine_tune__lr=0.0), "adaptation.fine_tune.lr"),
     ],
 )
 def test_bad_adaptation_settings_name_their_key(changes, key):
@@ -321,13 +335,13 @@ def test_bad_adaptation_settings_name_their_key(changes, key):
 
 def expected_rounds(config: AdaptationConfig) -> int:
     """Rollout rounds: at the first learning step, then every `rollout_every` real steps."""
-    return len(range(config.warmup_steps + 1, config.env_steps + 1, config.rollout_every))
+    return len(range(config.sac.warmup_steps + 1, config.env_steps + 1, config.rollout.every))
 
 
 @pytest.mark.parametrize("use_model", [True, False])
 def test_the_model_pool_feeds_sac(monkeypatch, use_model):
     # Every rollout kept (no safeguard, no cut, one sample per start): the pool's mechanics alone.
-    config = tiny_config(safeguard=False, uncertainty="none", rollout_samples=1, fine_tune=False)
+    config = tiny_config(safeguard__enabled=False, rollout__uncertainty="none", rollout__samples=1, fine_tune__enabled=False)
     rollouts, batches = [], []
     original_imagine, original_update = loop.imagine, SAC.update
 
@@ -343,18 +357,18 @@ def test_the_model_pool_feeds_sac(monkeypatch, use_model):
     monkeypatch.setattr(SAC, "update", recording_update)
     result = adapt(HOPPER, config, tiny_model() if use_model else None, use_model=use_model, seed=1, progress=False)
 
-    assert len(batches) == (config.env_steps - config.warmup_steps) * config.updates_per_step
+    assert len(batches) == (config.env_steps - config.sac.warmup_steps) * config.sac.updates_per_step
     if not use_model:
         assert result.imagined == 0 and rollouts == []
         return
     n_rounds = expected_rounds(config)
     assert n_rounds == 4
     assert len(rollouts) == n_rounds
-    assert result.imagined == n_rounds * config.rollout_batch * config.horizon
+    assert result.imagined == n_rounds * config.rollout.starts * config.rollout.horizon
     # Every SAC batch after the first round is imagined but for ceil(real_ratio · batch) real rows;
     # imagined next observations are decoded ones, which no real transition has.
     imagined = {row.numpy().tobytes() for out in rollouts for row in out["next_obs"]}
-    n_real = math.ceil(config.real_ratio * config.sac.batch_size)
+    n_real = math.ceil(config.replay.real_ratio * config.sac.batch_size)
     for after_rounds, batch in batches:
         from_model = sum(row.numpy().tobytes() in imagined for row in batch["next_obs"])
         assert from_model == (config.sac.batch_size - n_real if after_rounds else 0)
@@ -389,11 +403,11 @@ def rollouts_with(disagreement: list[list[float]]) -> dict[str, torch.Tensor]:
 
 def test_truncation_keeps_each_rollout_up_to_its_first_uncertain_step():
     rollouts = rollouts_with([[0.1, 0.7, 0.1], [0.1, 0.2, 0.3], [0.9, 0.1, 0.1]])
-    kept = rounds.imagined_transitions(rollouts, tiny_config(uncertainty="truncate", uncertainty_threshold=0.5), 3)
+    kept = rounds.imagined_transitions(rollouts, tiny_config(rollout__uncertainty="truncate", rollout__uncertainty_threshold=0.5).rollout, 3)
     assert kept["obs"][:, 0].tolist() == [0, 3, 4, 5]  # rollout 0 until its step 1, all of 1, none of 2
-    penalised = rounds.imagined_transitions(rollouts, tiny_config(uncertainty="penalty", uncertainty_penalty=2.0), 3)
+    penalised = rounds.imagined_transitions(rollouts, tiny_config(rollout__uncertainty="penalty", rollout__uncertainty_penalty=2.0).rollout, 3)
     np.testing.assert_allclose(penalised["reward"], 1 - 2 * rollouts["disagreement"].numpy(), rtol=1e-6)
-    assert len(rounds.imagined_transitions(rollouts, tiny_config(uncertainty="none"), 3)["reward"]) == 9
+    assert len(rounds.imagined_transitions(rollouts, tiny_config(rollout__uncertainty="none").rollout, 3)["reward"]) == 9
 
 
 def test_the_safeguard_trusts_the_horizons_where_the_model_beats_the_naive_forecast(monkeypatch):
@@ -409,10 +423,10 @@ def test_the_safeguard_trusts_the_horizons_where_the_model_beats_the_naive_forec
         return original_imagine(world_model, batch, policy, horizon, *args)
 
     monkeypatch.setattr(loop, "imagine", recording_imagine)
-    config = tiny_config(horizon=5, uncertainty="none")
+    config = tiny_config(rollout__horizon=5, rollout__uncertainty="none")
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert horizons == [2] * expected_rounds(config)
-    assert result.imagined == expected_rounds(config) * config.rollout_batch * config.rollout_samples * 2
+    assert result.imagined == expected_rounds(config) * config.rollout.starts * config.rollout.samples * 2
     assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {2.0}
 
 
@@ -422,7 +436,7 @@ def test_the_safeguards_reward_tolerance(monkeypatch, tolerance, trusted):
     errors = {"model_obs": torch.full((5,), 0.5), "naive_obs": torch.ones(5),
               "model_reward": torch.tensor([1.5, 1.5, 2.0, 1.5, 1.5]), "naive_reward": torch.ones(5)}
     monkeypatch.setattr(rounds, "open_loop_errors", lambda *args: errors)
-    config = tiny_config(horizon=5, safeguard_reward_tolerance=tolerance)
+    config = tiny_config(rollout__horizon=5, safeguard__reward_tolerance=tolerance)
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert {value for _, value in result.metrics["charts/trusted_horizon"]} == {float(trusted)}
     assert (result.imagined > 0) == (trusted > 0)
@@ -441,7 +455,7 @@ def test_the_safeguards_memory_keeps_a_noisy_measure_from_flapping(monkeypatch, 
                 "model_reward": torch.full((5,), ratio), "naive_reward": torch.ones(5)}
 
     monkeypatch.setattr(rounds, "open_loop_errors", alternating)
-    config = tiny_config(env_steps=120, horizon=5, safeguard_memory=memory)
+    config = tiny_config(env_steps=120, rollout__horizon=5, safeguard__memory=memory)
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert [value for _, value in result.metrics["charts/trusted_horizon"]] == [float(t) for t in trusted]
     ratios = [value for _, value in result.metrics["charts/safeguard_reward_ratio"]]
@@ -455,7 +469,7 @@ def test_the_safeguard_makes_a_broken_model_plain_sac():
     """A model with random weights predicts worse than repeating the last observation: the
     safeguard trusts it nowhere, the agent learns from real data alone, and adaptation is plain
     SAC's, step for step (same seed, same draws), not worse by any noise at all."""
-    config = tiny_config(env_steps=120, warmup_steps=40)
+    config = tiny_config(env_steps=120, sac__warmup_steps=40)
     for seed in (0, 1):
         model = adapt(CHEETAH, config, tiny_model(), use_model=True, seed=seed, progress=False)
         sac = adapt(CHEETAH, config, None, use_model=False, seed=seed, progress=False)
@@ -465,7 +479,7 @@ def test_the_safeguard_makes_a_broken_model_plain_sac():
         assert model.eval_scores == sac.eval_scores
         assert changed(snapshot(sac.agent), model.agent.state_dict()) == []
     # Without the safeguard the same broken model feeds the agent, which then learns otherwise.
-    unguarded = adapt(CHEETAH, dataclasses.replace(config, safeguard=False), tiny_model(), use_model=True, seed=1,
+    unguarded = adapt(CHEETAH, config.replace(**{"safeguard.enabled": False}), tiny_model(), use_model=True, seed=1,
                       progress=False)
     assert unguarded.imagined > 0 and changed(snapshot(sac.agent), unguarded.agent.state_dict()) != []
 
@@ -507,8 +521,8 @@ def test_the_safeguard_measures_the_rollouts_the_agent_gets(monkeypatch, anchor)
     monkeypatch.setattr(loop, "imagine", recording_imagine)
     monkeypatch.setattr(rounds, "open_loop_errors", recording_errors)
     # Safeguard off: the model's errors are measured at each evaluation, with what the agent gets.
-    config = tiny_config(anchor_observations=anchor[0], anchor_rewards=anchor[1], imagination="naive_reward",
-                         safeguard=False, eval_every=20)
+    config = tiny_config(rollout__anchor_observations=anchor[0], rollout__anchor_rewards=anchor[1], rollout__imagination="naive_reward",
+                         safeguard__enabled=False, eval_every=20)
     adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     assert {kind for kind, _ in calls} == {"imagine", "measure"}
     assert all(value == anchor + ("naive_reward",) for _, value in calls)
@@ -519,7 +533,7 @@ def test_the_model_error_curve_is_measured_where_the_policy_goes(monkeypatch):
     transitions are logged (`charts/model_error/...`), the values `open_loop_errors` gives on them;
     other data (another seed's policy) give another curve; measuring leaves the run unchanged."""
     measured, newest = [], []
-    original_errors, original_batch = rounds.open_loop_errors, RealHistory.batch
+    original_errors, original_batch = rounds.open_loop_errors, RealHistory.model_batch
 
     def recording_errors(world_model, batch, *args):
         measured.append(original_errors(world_model, batch, *args))
@@ -529,10 +543,10 @@ def test_the_model_error_curve_is_measured_where_the_policy_goes(monkeypatch):
         newest.append(kwargs.get("newest"))
         return original_batch(self, *args, **kwargs)
 
-    config = tiny_config(safeguard=False, eval_every=20)
+    config = tiny_config(safeguard__enabled=False, eval_every=20)
     plain = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     monkeypatch.setattr(rounds, "open_loop_errors", recording_errors)
-    monkeypatch.setattr(RealHistory, "batch", recording_batch)
+    monkeypatch.setattr(RealHistory, "model_batch", recording_batch)
     result = adapt(HOPPER, config, tiny_model(), use_model=True, seed=0, progress=False)
     points = result.metrics["charts/model_error/obs_h1"]
     assert [step for step, _ in points] == [20, 40, 60] and newest.count(20) == 3 and len(measured) == 3
@@ -553,14 +567,14 @@ def test_model_updates_are_made_only_while_the_pool_holds_trusted_transitions(mo
         return original_update(agent, batch)
 
     monkeypatch.setattr(SAC, "update", counting_update)
-    learning_steps = TINY_ADAPT["env_steps"] - TINY_ADAPT["warmup_steps"]
+    learning_steps = TINY_ADAPT.env_steps - TINY_ADAPT.sac.warmup_steps
     # Unguarded, the first round fills the pool before the first update: every step makes 1 + 2.
-    unguarded = tiny_config(safeguard=False, uncertainty="none", fine_tune=False, model_updates_per_step=2)
+    unguarded = tiny_config(safeguard__enabled=False, rollout__uncertainty="none", fine_tune__enabled=False, replay__model_updates_per_step=2)
     adapt(CHEETAH, unguarded, tiny_model(), use_model=True, seed=0, progress=False)
     assert len(updates) == learning_steps * 3
     # A broken model is trusted nowhere: its pool stays empty and the extra updates never happen.
     updates.clear()
-    model = adapt(CHEETAH, tiny_config(model_updates_per_step=2), tiny_model(), use_model=True, seed=0, progress=False)
+    model = adapt(CHEETAH, tiny_config(replay__model_updates_per_step=2), tiny_model(), use_model=True, seed=0, progress=False)
     assert model.imagined == 0 and len(updates) == learning_steps
 
 
@@ -596,7 +610,7 @@ def test_adaptation_logs_sac_model_and_score_metrics():
     assert "losses/qf_loss" in sac.metrics and "losses/model_fine_tune" not in sac.metrics
     assert "charts/real_reward" in sac.metrics and "charts/imagined_reward" not in sac.metrics
     # The model's optimism: the mean imagined reward beside the real one, while it feeds the agent.
-    unguarded = adapt(HOPPER, tiny_config(safeguard=False), tiny_model(), use_model=True, seed=0, progress=False)
+    unguarded = adapt(HOPPER, tiny_config(safeguard__enabled=False), tiny_model(), use_model=True, seed=0, progress=False)
     assert all(math.isfinite(value) for _, value in unguarded.metrics["charts/imagined_reward"])
 
 
@@ -608,8 +622,9 @@ def test_the_callback_and_mrcom_adapt_share_their_defaults():
 
     callback_default = inspect.signature(ScenarioAdaptation).parameters["adaptation"].default
     assert callback_default == AdaptationConfig()
-    parsed = adapt_parser().parse_args(["--ckpt_path", "x.ckpt"])
-    assert AdaptationConfig(**{k: v for k, v in vars(parsed.adaptation).items() if k != "sac"}) == AdaptationConfig()
+    parser = adapt_parser()
+    parsed = parser.instantiate_classes(parser.parse_args(["--ckpt_path", "x.ckpt"]))
+    assert parsed.adaptation == AdaptationConfig()
 
 
 # --- target names ------------------------------------------------------------------------
@@ -680,7 +695,7 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
         loggers=[types.SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))],
         global_step=7,
     )
-    callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune=True))
+    callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune__enabled=True))
     metrics = callback._run(trainer, model, callback.targets, baseline=False)
 
     summary = {"score": 1.0, "real_steps": 60.0, "imagined_share": 0.0}
@@ -694,12 +709,12 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
 
 TINY_ADAPT_ARGS = {
     "env_steps": 200,
-    "warmup_steps": 100,
+    "sac.warmup_steps": 100,
     "episode_steps": 50,
-    "rollout_every": 50,
-    "rollout_batch": 20,
+    "rollout.every": 50,
+    "rollout.starts": 20,
     "eval_episodes": 1,
-    "updates_per_step": 1,
+    "sac.updates_per_step": 1,
     "history_length": 8,
     "sac.hidden_dim": 64,
     "sac.batch_size": 64,
@@ -777,7 +792,7 @@ def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, m
     cwd = fit_with_adaptation
     cli.adapt_main([
         "--ckpt_path", str(cwd / "runs/quick/checkpoints/best.ckpt"), "--target", "[test_ood/hopper/0, test_ood/walker/0]",
-        "--seeds", "[0, 1]", "--baseline", "false", "--adaptation.fine_tune", "true", "--progress", "false",
+        "--seeds", "[0, 1]", "--baseline", "false", "--adaptation.fine_tune.enabled", "true", "--progress", "false",
         "--tracking_uri", f"sqlite:///{cwd / 'mutating.db'}",
     ])
     assert len(starts) == 4
@@ -793,10 +808,11 @@ def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, m
 LEARN_TARGET = ScenarioSpec("cheetah", target_speed=0.1, seed=5)
 # The loop as it was measured: every rollout kept (no safeguard, no cut, no fine-tuning), 5% real rows.
 LEARN = AdaptationConfig(
-    env_steps=5000, episode_steps=200, warmup_steps=200, updates_per_step=1, model_updates_per_step=0,
-    rollout_every=100, rollout_batch=100,
-    rollout_samples=1, uncertainty="none", real_ratio=0.05, safeguard=False, fine_tune=False, eval_every=0,
-    history_length=8, eval_episodes=3, sac=SACConfig(hidden_dim=64, batch_size=128, warmup_steps=0),
+    env_steps=5000, episode_steps=200, eval_every=0, history_length=8, eval_episodes=3,
+    rollout=RolloutSettings(every=100, starts=100, samples=1, uncertainty="none"),
+    replay=ReplaySettings(real_ratio=0.05, model_updates_per_step=0),
+    fine_tune=FineTuneSettings(enabled=False), safeguard=SafeguardSettings(enabled=False),
+    sac=SACConfig(hidden_dim=64, batch_size=128, warmup_steps=200),
 )
 SMALL = WorldModelConfig(
     embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=8, context_length=8, heads=4, reward_bins=63

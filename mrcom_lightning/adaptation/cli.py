@@ -9,7 +9,8 @@ import time
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mrcom_lightning.adaptation.loop import AdaptationConfig, adapt
+from mrcom_lightning.adaptation.loop import adapt
+from mrcom_lightning.adaptation.settings import AdaptationConfig
 from mrcom_lightning.adaptation.targets import resolve_targets
 from mrcom_lightning.checkpoints import allow_project_globals, exit_on_checkpoint_error, load_checkpoint
 from mrcom_lightning.tracking import DEFAULT_TRACKING_URI
@@ -54,7 +55,7 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
         mlflow.log_params(
             {"method": method, "target": name, "domain": result.target.domain, "seed": seed, "ckpt_path": ckpt_path,
              "spec": str(result.target)}
-            | {f"adaptation.{k}": v for k, v in dataclasses.asdict(config).items() if k != "sac"}
+            | _flat("adaptation", dataclasses.asdict(config))
         )
         now = int(time.time() * 1000)
         metrics = [Metric(f"adapt/{name}/score", score, now, step) for step, score in zip(result.eval_steps, result.eval_scores)]
@@ -62,6 +63,14 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
         client = mlflow.MlflowClient()
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+
+
+def _flat(prefix: str, values: dict) -> dict:
+    """Nested settings as MLflow params: `adaptation.rollout.horizon`, ..."""
+    out = {}
+    for key, value in values.items():
+        out |= _flat(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value}
+    return out
 
 
 def _load_module(ckpt_path: str):

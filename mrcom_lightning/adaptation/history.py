@@ -19,6 +19,16 @@ class RealHistory:
         self._action: list[np.ndarray] = []
         self._reward: list[float] = []
 
+    @classmethod
+    def from_episodes(cls, episodes, obs_dim: int, act_dim: int) -> "RealHistory":
+        """A history of stored episodes (`data.episodes.Episode`: obs [T+1], action [T], reward [T])."""
+        history = cls(obs_dim, act_dim)
+        for episode in episodes:
+            history.start(episode.obs[0])
+            for t in range(episode.steps):
+                history.add(episode.action[t], float(episode.reward[t]), episode.obs[t + 1], t == episode.steps - 1)
+        return history
+
     def start(self, obs: np.ndarray) -> None:
         self._obs, self._action, self._reward = [obs], [], []
 
@@ -88,6 +98,14 @@ class RealHistory:
             for key in ("obs", "action", "reward"):
                 out[f"prompt_{key}"].append(prompt[key])
         return out
+
+    def model_batch(
+        self, module, domain: int, count: int, length: int, rng: np.random.Generator, device: str | torch.device = "cpu",
+        newest: int | None = None,
+    ) -> Batch | None:
+        """`batch(...)` sized for `module` (an `MrCoM`): its prompt length and padded sizes, domain id `domain`."""
+        return self.batch(count, length, module.world_model.config.context_length, rng, domain, max(module.obs_dims),
+                          max(module.act_dims), device, newest)
 
     def batch(
         self, count: int, length: int, prompt_length: int, rng: np.random.Generator, domain: int, obs_max: int,

@@ -14,7 +14,7 @@ from mrcom_lightning.metrics import masked_mean
 from mrcom_lightning.models import WorldModel
 from mrcom_lightning.models.world_model import ImaginedState
 
-# What a rollout hands out (`adaptation.imagination`): the model's predictions, or the naive
+# What a rollout hands out (`adaptation.rollout.imagination`): the model's predictions, or the naive
 # forecast (the real start's observation and reward repeated) for the observations, the rewards or
 # both: {name: (naive_obs, naive_reward)}. "null" is the null-model control of DESIGN.md §5, a
 # model that predicts no change, whose pool rows are real rows with new actions.
