@@ -12,6 +12,7 @@ from mrcom_lightning.batch import Batch
 from mrcom_lightning.distributed import exit_cleanly
 from mrcom_lightning.metrics import PredictionMetrics, masked_mean
 from mrcom_lightning.models import (
+    PredictionLoss,
     MetaStateLoss,
     MetaValueLoss,
     Predictions,
@@ -21,6 +22,7 @@ from mrcom_lightning.models import (
     WorldModelLoss,
     gradient_norms,
 )
+from mrcom_lightning.models.mamba import loss_window_length, loss_window_weights
 from mrcom_lightning.reports import plot_imagination, write_horizon_table
 from mrcom_lightning.scenarios import TEST_SPLITS
 
@@ -28,6 +30,10 @@ from mrcom_lightning.scenarios import TEST_SPLITS
 
 class MrCoM(L.LightningModule):
     """MrCoM: L = w_wm·L_wm + w_ms·L_ms + w_mv·L_mv (Eq. 16), plus the value losses (Eq. 13–14).
+
+    The baselines are this module with other switches (configs/baselines/, docs/baselines.md):
+    CaDM adds its prediction loss L_pred (`models.cadm.PredictionLoss`, weight 1, as CaDM trains
+    its context by it alone) and MAMBA takes L_wm over a growing window (`loss_window_*`).
 
     Args:
         world_model: sizes and switches of the world model (ablations and baselines included).
@@ -51,6 +57,13 @@ class MrCoM(L.LightningModule):
             gradient (w_wm·L_wm, w_ms·L_ms, w_mv·L_mv) on the shared world-model parameters
             (tokenizers, context, latent cell) as `charts/grad_norm/{wm,ms,mv}`: one extra backward
             per term, so 100 costs about 2 % of the steps' time; 0 turns it off.
+        loss_window_start: MAMBA's local reconstruction (Rimon et al. 2024): in training, L_wm reads
+            only a window of this many consecutive latent states per sequence, placed uniformly (the
+            posterior still runs over the whole sequence); MAMBA: 50. 0 turns it off (L_wm over the
+            whole sequence, as in validation, test and adaptation's fine-tuning).
+        loss_window_growth: latent states the window grows by per training step (MAMBA grows it
+            linearly with environment frames; offline, frames are training steps).
+        loss_window_limit: the window's largest length; null: the whole sequence (MAMBA's).
     """
 
     def __init__(
@@ -71,6 +84,9 @@ class MrCoM(L.LightningModule):
         open_loop_horizon: int = 15,
         compile: bool = False,
         grad_norm_every: int = 100,
+        loss_window_start: int = 0,
+        loss_window_growth: float = 0.0,
+        loss_window_limit: int | None = None,
     ):
         super().__init__()
         if not domain_dims:
@@ -83,6 +99,13 @@ class MrCoM(L.LightningModule):
             raise ValueError(f"model.lr must be > 0, got {lr!r}")
         if grad_norm_every < 0:
             raise ValueError(f"model.grad_norm_every must be >= 0, got {grad_norm_every!r}")
+        if loss_window_start < 0 or loss_window_growth < 0:
+            raise ValueError(
+                f"model.loss_window_start and model.loss_window_growth must be >= 0, got {loss_window_start!r}, "
+                f"{loss_window_growth!r}"
+            )
+        if loss_window_limit is not None and loss_window_limit < 1:
+            raise ValueError(f"model.loss_window_limit must be null or >= 1, got {loss_window_limit!r}")
         if open_loop_horizon <= 0:
             raise ValueError(f"model.open_loop_horizon must be > 0, got {open_loop_horizon!r}")
         self.save_hyperparameters()
@@ -102,6 +125,9 @@ class MrCoM(L.LightningModule):
         self.ms_loss = MetaStateLoss(free_nats=free_nats) if w_ms > 0 else None
         self.value_loss = ValueLoss(world_model.discount) if w_mv > 0 else None
         self.mv_loss = MetaValueLoss(world_model.discount) if w_mv > 0 else None
+        self.prediction_loss = (
+            PredictionLoss(backward_weight=world_model.backward_weight) if world_model.context == "transitions" else None
+        )
         self.metrics = torch.nn.ModuleDict(
             {split: PredictionMetrics(self.domains, open_loop_horizon, self.obs_dims) for split in ("val",) + TEST_SPLITS}
         )
@@ -132,12 +158,26 @@ class MrCoM(L.LightningModule):
         if self.hparams.compile:
             self.world_model.compile()
 
-    def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], Predictions]:
-        """The named loss terms and their total (Eq. 16), and the predictions they came from."""
+    def loss_window(self, step: int, batch: int, positions: int, device=None) -> torch.Tensor | None:
+        """MAMBA's local-reconstruction weights [B, N+1] at training step `step`; None when off."""
+        hp = self.hparams
+        if not hp.loss_window_start:
+            return None
+        length = loss_window_length(step, positions, hp.loss_window_start, hp.loss_window_growth, hp.loss_window_limit)
+        return loss_window_weights(batch, positions, length, device)
+
+    def losses(self, batch: Batch, window_step: int | None = None) -> tuple[dict[str, torch.Tensor], Predictions]:
+        """The named loss terms and their total (Eq. 16), and the predictions they came from.
+        `window_step` is the training step of MAMBA's loss window (None: the whole sequence)."""
         hp = self.hparams
         predictions = self.world_model.predict(batch)
         zero = predictions.reward.new_zeros(())
-        terms = self.wm_loss(predictions, batch)
+        weights = None
+        if window_step is not None:
+            weights = self.loss_window(window_step, *predictions.latents.stochastic.shape[:2], device=zero.device)
+        terms = self.wm_loss(predictions, batch, weights)
+        if self.prediction_loss is not None:
+            terms |= self.prediction_loss(predictions.dynamics, zero)
         if self.ms_loss is not None:
             terms |= self.ms_loss(predictions)
         if self.mv_loss is not None:
@@ -145,13 +185,17 @@ class MrCoM(L.LightningModule):
         # The heads that only fit their targets (r, V_k, V_meta) read detached inputs: their terms
         # train those heads alone and need no weight.
         heads = sum((terms[k] for k in ("ms_prior", "scenario_value", "meta_value") if k in terms), zero)
-        terms["total"] = hp.w_wm * terms["wm"] + hp.w_ms * terms.get("ms", zero) + hp.w_mv * terms.get("mv", zero) + heads
+        terms["total"] = (
+            hp.w_wm * terms["wm"] + hp.w_ms * terms.get("ms", zero) + hp.w_mv * terms.get("mv", zero)
+            + terms.get("prediction", zero) + heads
+        )
         return terms, predictions
 
     def weighted_terms(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The world-model terms of Eq. 16 with their weights: w_wm·L_wm, w_ms·L_ms, w_mv·L_mv."""
+        """The world-model terms of Eq. 16 with their weights: w_wm·L_wm, w_ms·L_ms, w_mv·L_mv (and
+        CaDM's L_pred, weight 1)."""
         hp = self.hparams
-        weights = {"wm": hp.w_wm, "ms": hp.w_ms, "mv": hp.w_mv}
+        weights = {"wm": hp.w_wm, "ms": hp.w_ms, "mv": hp.w_mv, "prediction": 1.0}
         return {name: weights[name] * terms[name] for name in weights if name in terms}
 
     def _log_gradient_shares(self, terms: dict[str, torch.Tensor]) -> None:
@@ -163,7 +207,7 @@ class MrCoM(L.LightningModule):
             logger.log_metrics(metrics, step=self.global_step)
 
     def training_step(self, batch, batch_idx):
-        terms, predictions = self.losses(batch)
+        terms, predictions = self.losses(batch, window_step=self.global_step)
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(

@@ -18,20 +18,26 @@ def _detached(dist: Independent) -> Independent:
     return Independent(type(base)(base.loc.detach(), base.scale.detach(), validate_args=False), 1, validate_args=False)
 
 
-def balanced_kl(posterior: Independent, prior: Independent, dynamics: float, representation: float, free_nats: float):
+def weighted_mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of x [B, N], or its mean weighted by `weights` [B, N] (MAMBA's loss window)."""
+    if weights is None:
+        return x.mean()
+    return (x * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def balanced_kl(
+    posterior: Independent, prior: Independent, dynamics: float, representation: float, free_nats: float,
+    weights: torch.Tensor | None = None,
+):
     """DreamerV3's KL split: dynamics·max(1, KL(sg q‖p)) + representation·max(1, KL(q‖sg p)).
 
-    Returns the loss and the plain KL(q‖p) (for logging), both averaged over batch and time.
+    Returns the loss and the plain KL(q‖p) (for logging), both averaged over batch and time
+    (weighted by `weights` [B, N+1] when given).
     """
     dyn = kl_divergence(_detached(posterior), prior)
     rep = kl_divergence(posterior, _detached(prior))
     loss = dynamics * dyn.clamp(min=free_nats) + representation * rep.clamp(min=free_nats)
-    return loss.mean(), dyn.detach().mean()
-
-
-def masked_sum(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ over real dims (mask [B, D]) of error [B, N, D], averaged over batch and time."""
-    return (error * mask.unsqueeze(1)).sum(-1).mean()
+    return weighted_mean(loss, weights), weighted_mean(dyn.detach(), weights)
 
 
 def rows_mean(error: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,9 @@ class WorldModelLoss(nn.Module):
     domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a
     two-hot cross-entropy (`reward_nll`), r_t predicted from s̄_{t+1}, the latent at the
     posteriors' means (the reward head is trained where it predicts: no sampling noise).
+
+    `weights` [B, N+1] (MAMBA's local reconstruction, `models.mamba`) keeps the terms of the
+    latent states s_t where it is 1 and drops the others: o_t's and the KLs at t, r_{t−1}'s at t.
     """
 
     def __init__(
@@ -63,12 +72,19 @@ class WorldModelLoss(nn.Module):
         self.kl_dynamics, self.kl_representation, self.free_nats = kl_dynamics, kl_representation, free_nats
         self.reward_weight = reward_weight
 
-    def forward(self, predictions: Predictions, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(
+        self, predictions: Predictions, batch: Batch, weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         p, latents = predictions, predictions.latents
-        kl = dict(dynamics=self.kl_dynamics, representation=self.kl_representation, free_nats=self.free_nats)
+        kl = dict(
+            dynamics=self.kl_dynamics, representation=self.kl_representation, free_nats=self.free_nats, weights=weights
+        )
+        obs_error = 0.5 * ((p.obs - p.obs_target) ** 2 * p.obs_mask.unsqueeze(1)).sum(-1)
         terms = {
-            "obs": 0.5 * masked_sum((p.obs - p.obs_target) ** 2, p.obs_mask),
-            "reward": self.reward_nll(p.reward_logits, batch["reward"]).mean(),
+            "obs": weighted_mean(obs_error, weights),
+            "reward": weighted_mean(
+                self.reward_nll(p.reward_logits, batch["reward"]), weights[:, 1:] if weights is not None else None
+            ),
         }
         terms["kl_z"], terms["kl_z_value"] = balanced_kl(latents.posterior, latents.prior, **kl)
         if latents.auxiliary_posterior is not None:

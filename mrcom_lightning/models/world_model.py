@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from mrcom_lightning.batch import Batch, dim_masks
+from mrcom_lightning.models.cadm import ContextDynamics, DynamicsPredictions, TransitionContext
 from mrcom_lightning.models.context import ContextTransformer
 from mrcom_lightning.models.latent import LatentCell, LatentSequence
 from mrcom_lightning.models.layers import TwoHot, mlp, symexp, symlog
+from mrcom_lightning.models.mamba import PreviousStepEncoder
 from mrcom_lightning.models.tokenizers import DomainDecoder, DomainTokenizer
 from mrcom_lightning.models.value import MetaValue, ScenarioValues
 
@@ -25,12 +27,21 @@ class WorldModelConfig:
         hidden_dim: width of the hidden layers of every MLP.
         stochastic_dim: size of z_t.
         deterministic_dim: size of h_t; 0 is the "w/o h" ablation.
-        auxiliary_dim: size of u_t; 0 removes u (RSSM and CaDM baselines). The paper gives no size.
-        context: `prompt` (MrCoM: prompt plus history), `history` (CaDM-style: last
-            `context_length` transitions only) or `none` (the "w/o c" ablation, RSSM): no context
-            module, no prior or posterior reads c, and no u (its prior is p(u | c); `auxiliary_dim`
-            must then be 0).
+        auxiliary_dim: size of u_t; 0 removes u (the baselines). The paper gives no size.
+        context: `prompt` (MrCoM: prompt plus history), `history` (the history-RSSM baseline:
+            MrCoM's transformer over the last `context_length` transitions only, no prompt),
+            `transitions` (CaDM, Lee et al. 2020: `TransitionContext` over the last `transitions`
+            transitions, trained by the forward and backward models' prediction loss) or `none`
+            (the "w/o c" ablation, the RSSM and MAMBA): no context module, no prior or posterior
+            reads c, and no u (its prior is p(u | c); `auxiliary_dim` must then be 0).
         context_length: prompt length L and context window.
+        transitions: CaDM's K, the transitions its context reads (CaDM: 10).
+        transition_context_dim: size of CaDM's context vector (CaDM: 10).
+        prediction_steps: CaDM's M, the steps of the forward and backward models' prediction loss
+            (CaDM: 10; windows shorter than M use all their steps).
+        backward_weight: CaDM's β, the backward loss's weight in the prediction loss (CaDM: 0.5).
+        previous_step_encoder: MAMBA's encoder (Rimon et al. 2024): the posterior also reads the
+            previous action and reward, and the batch's episode-start flag (`PreviousStepEncoder`).
         heads: attention heads. The paper says 3, which does not divide 128: 4 here.
         layers: transformer layers.
         reward_bins: two-hot bins of the reward head (DreamerV3).
@@ -55,8 +66,13 @@ class WorldModelConfig:
     stochastic_dim: int = 128
     deterministic_dim: int = 128
     auxiliary_dim: int = 32
-    context: Literal["prompt", "history", "none"] = "prompt"
+    context: Literal["prompt", "history", "transitions", "none"] = "prompt"
     context_length: int = 20
+    transitions: int = 10
+    transition_context_dim: int = 10
+    prediction_steps: int = 10
+    backward_weight: float = 0.5
+    previous_step_encoder: bool = False
     heads: int = 4
     layers: int = 1
     reward_bins: int = 255
@@ -67,7 +83,8 @@ class WorldModelConfig:
     obs_normalization: Literal["symlog", "standardize"] = "symlog"
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "hidden_dim", "stochastic_dim", "context_length", "heads", "layers", "reward_bins"):
+        for name in ("embed_dim", "hidden_dim", "stochastic_dim", "context_length", "heads", "layers", "reward_bins",
+                     "transitions", "transition_context_dim", "prediction_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.world_model.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("deterministic_dim", "auxiliary_dim"):
@@ -86,6 +103,8 @@ class WorldModelConfig:
             raise ValueError(
                 f"model.world_model.auxiliary_dim must be 0 with context: none (u's prior is p(u | c)), got {self.auxiliary_dim}"
             )
+        if self.backward_weight < 0:
+            raise ValueError(f"model.world_model.backward_weight must be >= 0, got {self.backward_weight!r}")
         if not 0 < self.discount <= 1:
             raise ValueError(f"model.world_model.discount must be in (0, 1], got {self.discount!r}")
 
@@ -123,6 +142,9 @@ class Predictions:
             means (`LatentSequence.mean_features`), [B, N, bins].
         reward: their expectation in the reward's own units, [B, N].
         values: the value heads' outputs, or None without L_mv.
+        dynamics: CaDM's forward and backward predictions, or None without CaDM's context.
+        rollout_context: CaDM's context at t = 0..N from the K real transitions ending at o_t, which
+            imagination from step t holds fixed (CaDM's planner); None otherwise.
     """
 
     latents: LatentSequence
@@ -135,6 +157,8 @@ class Predictions:
     reward_logits: torch.Tensor
     reward: torch.Tensor
     values: ValuePredictions | None
+    dynamics: DynamicsPredictions | None = None
+    rollout_context: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -188,6 +212,8 @@ class WorldModel(nn.Module):
     `obs_dims` / `act_dims` list each domain's sizes in domain-id order; batches carry the
     domain id per row and observations/actions zero-padded to the largest size.
     `meta_state` adds the meta-state prior r (Eq. 11); `meta_value` the value heads (Eq. 13–14).
+    The baselines are switches of the same model (`WorldModelConfig`): CaDM's context and dynamics
+    models (`models.cadm`), MAMBA's encoder (`models.mamba`).
     """
 
     def __init__(
@@ -211,12 +237,20 @@ class WorldModel(nn.Module):
         self.register_buffer("obs_mask", dim_masks(self.obs_dims), persistent=False)
         self.context_net = (
             ContextTransformer(c.embed_dim, c.context_length, c.heads, c.layers, use_prompt=c.context == "prompt")
-            if c.context != "none"
+            if c.context in ("prompt", "history")
             else None
         )
+        self.transition_context = self.dynamics = None
+        if c.context == "transitions":
+            self.transition_context = TransitionContext(c.embed_dim, c.transition_context_dim, c.transitions, c.hidden_dim)
+            self.dynamics = ContextDynamics(
+                self.obs_dims, c.embed_dim, c.transition_context_dim, c.hidden_dim, c.prediction_steps
+            )
+        self.previous_step_encoder = PreviousStepEncoder(c.embed_dim, c.hidden_dim) if c.previous_step_encoder else None
+        context_dim = {"prompt": c.embed_dim, "history": c.embed_dim, "transitions": c.transition_context_dim}
         self.cell = LatentCell(
             c.embed_dim, c.stochastic_dim, c.deterministic_dim, c.auxiliary_dim, c.hidden_dim, meta_prior=meta_state,
-            context_dim=c.embed_dim if self.context_net is not None else 0,
+            context_dim=context_dim.get(c.context, 0),
         )
         feature_dim = self.cell.feature_dim
         self.decoder = DomainDecoder(self.obs_dims, feature_dim, c.hidden_dim)
@@ -268,7 +302,10 @@ class WorldModel(nn.Module):
 
     def predict(self, batch: Batch) -> Predictions:
         """The posterior pass over a window (Eq. 4–8) and every head on it (decoder, reward,
-        values): what the losses (Eq. 10–16) and the metrics read."""
+        values; CaDM's dynamics models): what the losses (Eq. 10–16) and the metrics read.
+
+        An optional `batch["reset"]` [B, N+1] bool marks episode starts inside a meta-episode
+        (MAMBA's training sequences); the recurrent state runs on across them."""
         obs, action, reward, domain = batch["obs"], batch["action"], batch["reward"], batch["domain"]
         obs_target = self.normalize_obs(obs, domain)
         obs_embed = self.obs_tokenizer(obs_target, domain)
@@ -282,7 +319,24 @@ class WorldModel(nn.Module):
                 prompt = self.tokens(batch["prompt_obs"], batch["prompt_action"], prompt_reward, domain)
             prompt = self.context_net.start(prompt, history)
             context = self.context_net.contexts(prompt, history)
-        latents = self.cell.observe(obs_embed, prev_action_embed, context)
+        dynamics = rollout_context = None
+        if self.transition_context is not None:
+            # c⁺_t reads the transitions ending at o_t; the latent at t reads c_t = c⁺_{t−1}, which
+            # holds no o_t (DESIGN.md §4's rule; c_0 = c_1 = no transition yet).
+            rollout_context = self.transition_context(obs_embed, action_embed)
+            context = torch.cat([rollout_context[:, :1], rollout_context[:, :-1]], dim=1)
+            dynamics = self.dynamics(
+                obs_target, action_embed, rollout_context, context, domain, self.obs_mask[domain], self.obs_tokenizer
+            )
+        posterior_embed = obs_embed
+        if self.previous_step_encoder is not None:
+            reset = batch.get("reset")
+            prev_action_embed = self.previous_step_encoder.previous_actions(prev_action_embed, reset)
+            prev_reward = torch.cat([torch.zeros_like(reward[:, :1]), reward], dim=1)
+            if reset is not None:
+                prev_reward = prev_reward.masked_fill(reset, 0.0)
+            posterior_embed = self.previous_step_encoder(obs_embed, prev_action_embed, prev_reward)
+        latents = self.cell.observe(posterior_embed, prev_action_embed, context)
         features = latents.features
         reward_logits = self.reward_head(latents.mean_features[:, 1:])
         return Predictions(
@@ -296,6 +350,8 @@ class WorldModel(nn.Module):
             reward_logits=reward_logits,
             reward=self.twohot.mean(reward_logits),
             values=self._values(latents, batch["scenario"]) if self.meta_value is not None else None,
+            dynamics=dynamics,
+            rollout_context=rollout_context,
         )
 
     def _values(self, latents: LatentSequence, scenario: torch.Tensor) -> ValuePredictions:
@@ -318,7 +374,8 @@ class WorldModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The world-model parameters every loss term reaches: tokenizers, context and latent cell
         (what the gradient shares are measured on; the heads are each trained by one term)."""
-        parts = [self.obs_tokenizer, self.action_tokenizer, self.cell] + ([self.context_net] if self.context_net else [])
+        parts = [self.obs_tokenizer, self.action_tokenizer, self.cell]
+        parts += [m for m in (self.context_net, self.transition_context, self.previous_step_encoder) if m is not None]
         return [p for part in parts for p in part.parameters() if p.requires_grad]
 
     def decode(self, features: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
@@ -351,12 +408,29 @@ class WorldModel(nn.Module):
             obs=batch["obs"][:, step],
             prev_reward=reward[:, step - 1] if step > 0 else torch.zeros_like(reward[:, 0]),
             tokens=tokens,
-            context=predictions.context[:, step],
+            context=(predictions.rollout_context if predictions.rollout_context is not None else predictions.context)[:, step],
             offset=batch["obs"][:, step] - self.denormalize_obs(predictions.obs[:, step], batch["domain"]) if anchor else None,
             reward_offset=(
                 (reward[:, step - 1] - predictions.reward[:, step - 1]) if step > 0 else torch.zeros_like(reward[:, 0])
             ) if anchor_reward else None,
         )
+
+    def start_from_history(
+        self, batch: Batch, positions, anchor: bool = False, anchor_reward: bool = False
+    ) -> ImaginedState:
+        """Rollout states inferred over a whole real history (MAMBA's imagination start, Rimon et al.
+        2024): one posterior pass over each row of `batch`, a meta-episode of every real episode so far
+        joined with episode-start flags (`datamodules.meta_episodes.meta_episode_batch`), the recurrent
+        state carried across episodes; then the state at each of `positions` (real steps of the joined
+        sequence, 0..N), as `start` gives it. Rows are ordered (batch row, position): [B·P]."""
+        predictions = self.predict(batch)
+        starts = [self.start(predictions, batch, int(position), anchor, anchor_reward) for position in positions]
+
+        def joined(name: str):
+            values = [getattr(state, name) for state in starts]
+            return torch.stack(values, 1).flatten(0, 1) if isinstance(values[0], torch.Tensor) else values[0]
+
+        return ImaginedState(**{field.name: joined(field.name) for field in dataclasses.fields(ImaginedState)})
 
     def step(
         self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor, freeze_context: bool = False
