@@ -66,6 +66,10 @@ class MultiScenarioDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per device (0 loads in the main process).
         collect_workers: processes that collect missing episodes in `prepare_data`.
         seed: seeds the training stream and the prompts of validation and test windows.
+        meta_episodes: 0 or 1: training windows of one episode; n >= 2: MAMBA's meta-episodes, each
+            training sequence cut from n joined episodes of one scenario so that it spans an episode
+            boundary, with the `reset` flag at each episode's first observation (`meta_episodes.py`).
+            Validation and test windows stay single-episode, the same for every model.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class MultiScenarioDataModule(L.LightningDataModule):
         num_workers: int = 0,
         collect_workers: int = 1,
         seed: int = 0,
+        meta_episodes: int = 0,
     ):
         super().__init__()
         for name, value, low in (
@@ -86,6 +91,7 @@ class MultiScenarioDataModule(L.LightningDataModule):
             ("batch_size", batch_size, 1),
             ("num_workers", num_workers, 0),
             ("collect_workers", collect_workers, 1),
+            ("meta_episodes", meta_episodes, 0),
         ):
             if value < low:
                 raise ValueError(f"data.{name} must be {'> 0' if low else '>= 0'}, got {value!r}")
@@ -173,7 +179,8 @@ class MultiScenarioDataModule(L.LightningDataModule):
         """The training stream of one rank (the loader's dataset)."""
         hp = self.hparams
         return TrainStream(
-            self.episodes("train"), hp.batch_size, hp.sequence_length, hp.prompt_length, hp.seed, rank, world_size
+            self.episodes("train"), hp.batch_size, hp.sequence_length, hp.prompt_length, hp.seed, rank, world_size,
+            hp.meta_episodes,
         )
 
     def train_dataloader(self) -> ResumableDataLoader:

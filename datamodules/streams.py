@@ -1,7 +1,9 @@
 """Episodes in memory and the streams of windows drawn from them (DESIGN.md §3).
 
 `SplitEpisodes` holds one split's episodes and turns rows `(scenario, episode, start, prompt
-episode, prompt start)` into batches (`mrcom_lightning.batch.pad_batch`). `TrainStream` draws
+episode, prompt start)` into batches (`mrcom_lightning.batch.pad_batch`), or, for MAMBA's
+meta-episodes, rows `(scenario, start, prompt episode, prompt start, episode 1, ..., episode n)`
+into sequences of n joined episodes (`meta_episodes.join_episodes`). `TrainStream` draws
 such rows forever, domain-balanced and seeded per (rank, worker, batch); `ResumableDataLoader` counts what it
 hands out so a resumed run continues the stream. `WindowSet` is the finite, fixed set of
 windows that validation and test iterate.
@@ -18,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mrcom_lightning.batch import Batch, pad_batch
+from mrcom_lightning.datamodules.meta_episodes import episode_starts, join_episodes
 from mrcom_lightning.data import POLICIES, EpisodeInfo, EpisodeStore
 from mrcom_lightning.scenarios import ScenarioSpec
 from mrcom_lightning.seeding import generator
@@ -205,6 +208,56 @@ class SplitEpisodes:
         prompt, prompt_start = self._prompts(rng, scenario, episode, prompt_length)
         return np.stack([scenario, episode, start, prompt, prompt_start], 1)
 
+    def check_meta_episodes(self, episodes: int) -> None:
+        """Raises ValueError unless every scenario has `episodes` distinct episodes to join."""
+        for k, pool in enumerate(self.windows):
+            if len(pool) < episodes:
+                raise ValueError(
+                    f"data.meta_episodes={episodes} joins that many episodes of one scenario, but training scenario "
+                    f"{k} has {len(pool)} of at least data.sequence_length steps; raise "
+                    "data.dataset.episodes_per_scenario or lower data.meta_episodes"
+                )
+
+    def draw_meta_rows(
+        self, rng: np.random.Generator, row_domains: np.ndarray, sequence_length: int, prompt_length: int, episodes: int
+    ) -> np.ndarray:
+        """Meta-episode rows `[B, 4 + n]`: scenario (uniform within the domain), start, prompt episode,
+        prompt start, then n distinct episodes of the scenario in random order. The sequence of T
+        transitions starts so that it spans the boundary between two of them (one drawn uniformly),
+        with at least one observation of each: every episode is at least T steps long, so a sequence
+        from the meta-episode's start, as MAMBA takes them, would never leave its first episode."""
+        rows = self.draw_rows(rng, row_domains, sequence_length, prompt_length)
+        scenario, prompt, prompt_start = rows[:, 0], rows[:, 3], rows[:, 4]
+        chosen = np.stack([rng.permutation(self.windows[k])[:episodes] for k in scenario])
+        boundary = rng.integers(1, episodes, len(rows))  # the first observation of episode `boundary`
+        at = np.array([episode_starts(self.steps[e])[j] for e, j in zip(chosen, boundary)], np.int64)
+        start = at - sequence_length + 1 + rng.integers(0, sequence_length - 1, len(rows))
+        return np.concatenate([np.stack([scenario, start, prompt, prompt_start], 1), chosen], 1)
+
+    def meta_batch(self, rows: np.ndarray, sequence_length: int, prompt_length: int) -> Batch:
+        """The batch of meta-episode rows (`draw_meta_rows`), with `reset` [B, T+1]."""
+        T, L = sequence_length, prompt_length
+        joined = [
+            join_episodes(*([getattr(self, key)[e] for e in row[4:]] for key in ("obs", "action", "reward", "terminal")))
+            for row in rows
+        ]
+        starts = rows[:, 1]
+        batch = pad_batch(
+            obs=[j["obs"][s : s + T + 1] for j, s in zip(joined, starts)],
+            action=[j["action"][s : s + T] for j, s in zip(joined, starts)],
+            reward=np.stack([j["reward"][s : s + T] for j, s in zip(joined, starts)]),
+            terminal=np.stack([j["terminal"][s : s + T] for j, s in zip(joined, starts)]),
+            domain=self.scenario_domain[rows[:, 0]],
+            scenario=self.scenario_label[rows[:, 0]],
+            prompt_obs=[self.obs[i][j : j + L] for i, j in zip(rows[:, 2], rows[:, 3])],
+            prompt_action=[self.action[i][j : j + L] for i, j in zip(rows[:, 2], rows[:, 3])],
+            prompt_reward=np.stack([self.reward[i][j : j + L] for i, j in zip(rows[:, 2], rows[:, 3])]).reshape(len(rows), L),
+            obs_max=self.obs_max,
+            act_max=self.act_max,
+        )
+        batch["reset"] = torch.as_tensor(np.stack([j["reset"][s : s + T + 1] for j, s in zip(joined, starts)]))
+        return batch
+
     def fixed_rows(self, rng: np.random.Generator, sequence_length: int, prompt_length: int) -> np.ndarray:
         """Non-overlapping windows of every episode of every scenario, each with a seeded prompt."""
         rows = [
@@ -237,6 +290,8 @@ class TrainStream(IterableDataset):
     Every batch has `B // n_domains` rows of each domain; the `B % n_domains` remaining rows
     rotate through the domains with the batch's position in the rank's stream. `start` is the
     number of batches of this rank's stream already handed out; iteration continues from it.
+    With `meta_episodes` = n >= 2 the rows are sequences of n joined episodes of one scenario that
+    span an episode boundary, with the `reset` flag (MAMBA's meta-episodes, `SplitEpisodes.draw_meta_rows`).
     """
 
     def __init__(
@@ -248,9 +303,13 @@ class TrainStream(IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        meta_episodes: int = 0,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if meta_episodes >= 2:
+            episodes.check_meta_episodes(meta_episodes)
+        self.meta_episodes = meta_episodes
         self.episodes = episodes
         self.batch_size = batch_size
         self.sequence_length = sequence_length
@@ -272,9 +331,11 @@ class TrainStream(IterableDataset):
     def batch(self, worker: int, index: int, num_workers: int = 1) -> Batch:
         """Batch number `index` of worker `worker` (of `num_workers`) on this rank."""
         rng = generator(self.seed, self.rank, worker, index)
-        rows = self.episodes.draw_rows(
-            rng, self.row_domains(index * num_workers + worker), self.sequence_length, self.prompt_length
-        )
+        domains = self.row_domains(index * num_workers + worker)
+        if self.meta_episodes >= 2:
+            rows = self.episodes.draw_meta_rows(rng, domains, self.sequence_length, self.prompt_length, self.meta_episodes)
+            return self.episodes.meta_batch(rows, self.sequence_length, self.prompt_length)
+        rows = self.episodes.draw_rows(rng, domains, self.sequence_length, self.prompt_length)
         return self.episodes.batch(rows, self.sequence_length, self.prompt_length)
 
     def __iter__(self):
