@@ -64,6 +64,7 @@ class Summary:
 
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
+    label: str = "grid"
 
     def named(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes.values() if o.status == status]
@@ -79,7 +80,7 @@ class Summary:
 
     def text(self) -> str:
         counts = ", ".join(f"{len(self.named(s))} {s}" for s in ("finished", "failed", "skipped"))
-        lines = [f"grid: {counts} of {len(self.outcomes)} cells in {clock(self.seconds)}"]
+        lines = [f"{self.label}: {counts} of {len(self.outcomes)} cells in {clock(self.seconds)}"]
         lines += [f"  failed {o.name}: {o.error}; log: {o.log}" for o in self.failed]
         return "\n".join(lines)
 
@@ -100,6 +101,7 @@ def run_cells(
     start_method: str = "spawn",
     skip_done: bool = True,
     progress: bool = True,
+    label: str = "grid",
 ) -> Summary:
     """Calls `fn(*cell.args)` for every cell without a `done.json`, `workers` at a time; never raises
     for a cell.
@@ -112,10 +114,13 @@ def run_cells(
     cells in flight. `fn` must be importable (or picklable) where it runs. Each cell runs in this
     process's working directory (on a cluster, the same path on a shared file system).
 
-    Returns the `Summary`; `fn`'s results are its `results`, also kept in each `done.json`.
+    `progress`: the progress line (on stderr, headed `label`) and the summary (stdout). Returns the
+    `Summary`; `fn`'s results are its `results`, also kept in each `done.json`.
     """
+    if not cells:
+        return Summary(label=label)
     started = time.monotonic()
-    summary = Summary({cell.name: Outcome(cell.name, "skipped", log=cell.log) for cell in cells})
+    summary = Summary({cell.name: Outcome(cell.name, "skipped", log=cell.log) for cell in cells}, label=label)
     if len(summary.outcomes) != len(cells):
         raise ValueError(f"cell names must be unique, got {[c.name for c in cells]}")
     pending = []
@@ -128,15 +133,18 @@ def run_cells(
     cpus = max((c.cpus for c in pending), default=1)
     if launcher == "local":
         slots = workers or default_workers(cpus)
-        backend = InlineBackend(fn) if slots == 1 else LocalBackend(fn, slots, start_method)
+        backend = InlineBackend(fn) if slots == 1 else LocalBackend(fn, min(slots, max(1, len(pending))), start_method)
     elif launcher == "ray":
         slots = workers or (None if address else default_workers(cpus))
-        backend = RayBackend(fn, address, num_cpus=None if address else slots * cpus)
+        backend = RayBackend(fn, address, num_cpus=None if address else slots * cpus) if pending else None
     else:
         raise ValueError(f"launcher must be 'local' or 'ray', got {launcher!r}")
-    display = Progress(len(cells), len(cells) - len(pending), slots, enabled=progress)
-    with backend:
-        schedule(pending, backend, slots or len(pending), summary, display)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    display = Progress(len(cells), len(cells) - len(pending), slots, enabled=progress, label=label)
+    if pending:  # (a grid of finished cells starts no process, nor Ray)
+        with backend:
+            schedule(pending, backend, slots or len(pending), summary, display)
     summary.seconds = time.monotonic() - started
     display.close()
     if progress:
@@ -251,13 +259,17 @@ class InlineBackend:
         return False
 
     def submit(self, cell: Cell, cwd: str):
-        return (cell, cwd)
+        return InlineBackend.Call(cwd)
 
     def wait(self, handles: list):
         return handles[:1]
 
     def outcome(self, handle, cell: Cell) -> Outcome:
-        return attempt(self.fn, *handle)
+        return attempt(self.fn, cell, handle.cwd)
+
+    @dataclass(eq=False)
+    class Call:
+        cwd: str
 
 
 class LocalBackend:
@@ -333,8 +345,8 @@ class Progress:
     """One line over the grid, redrawn on a terminal (else printed when it changes): cells finished,
     running, failed and skipped, the time elapsed and an estimate of the time left."""
 
-    def __init__(self, total: int, skipped: int, slots: int | None, enabled: bool = True, stream=None):
-        self.total, self.skipped, self.slots, self.enabled = total, skipped, slots, enabled
+    def __init__(self, total: int, skipped: int, slots: int | None, enabled: bool = True, label: str = "grid", stream=None):
+        self.total, self.skipped, self.slots, self.enabled, self.label = total, skipped, slots, enabled, label
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.start, self.last, self.durations = time.monotonic(), "", []
@@ -349,7 +361,7 @@ class Progress:
             return
         self.last = counts
         now = time.monotonic()
-        line = f"grid {counts} | {clock(now - self.start)} elapsed{self.left(now, running, finished + failed)}"
+        line = f"{self.label} {counts} | {clock(now - self.start)} elapsed{self.left(now, running, finished + failed)}"
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
         else:

@@ -25,7 +25,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from mrcom_lightning import tracking
 from mrcom_lightning.compare import cell_text, plot_bars
 from mrcom_lightning.stats import holm, paired_p_value
-from mrcom_lightning.sweep import cell_name, grid_run, run_cells, sweep_parser
+from mrcom_lightning.sweep import LAUNCH_OPTIONS, add_launch_arguments, cell_name, grid_run, run_cells, sweep_parser
 from mrcom_lightning.tracking import TEST_METRICS
 
 REFERENCE = "mrcom"
@@ -67,6 +67,7 @@ def study_parser() -> ArgumentParser:
     parser.add_argument("--root", type=str, default="runs/study", help="folder of the cells and the report")
     parser.add_argument("--overrides", type=list[str], default=[], help="extra `mrcom fit` arguments for every cell")
     parser.add_argument("--report_only", type=bool, default=False, help="only write the report of the finished cells")
+    add_launch_arguments(parser)
     return parser
 
 
@@ -255,17 +256,19 @@ def study_main(argv: list[str]) -> None:
     sizes = args.sizes if args.base is None else "custom"
     sweep = sweep_parser().parse_args(
         ["--root", str(root), "--base", json.dumps(base), "--seeds", json.dumps(args.seeds),
-         "--variants", json.dumps([VARIANTS[v] for v in args.variants]), "--overrides", json.dumps(args.overrides)]
+         "--variants", json.dumps([VARIANTS[v] for v in args.variants]), "--overrides", json.dumps(args.overrides),
+         *(arg for key in LAUNCH_OPTIONS if getattr(args, key) is not None for arg in (f"--{key}", str(getattr(args, key))))]
     )  # fmt: skip
     params = {"sizes": sizes, "base": base, "variants": args.variants, "seeds": args.seeds, "overrides": args.overrides}
     params = {key: json.dumps(value) for key, value in params.items()} | {"root": str(root)}
     with grid_run(root, base, args.overrides, f"study-{sizes}", params) as (uri, run_id):
-        if not args.report_only:
-            run_cells(sweep, run_id)
+        summary = None if args.report_only else run_cells(sweep, run_id)
         results = load_results(root, args.variants, args.seeds)
         if not results:
             parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
         text = report(results, root)
         log_report(tracking.prepare_store(uri), run_id, root, text.strip().splitlines()[-1])
-    print(text)
-    print(f"wrote {root / 'report.md'} and {root / 'report.csv'}; logged to the MLflow run {run_id} (report/)")
+        print(text)
+        print(f"wrote {root / 'report.md'} and {root / 'report.csv'}; logged to the MLflow run {run_id} (report/)")
+        if summary is not None and summary.failed:  # the report covers the finished cells; the parent run is FAILED
+            raise SystemExit(1)

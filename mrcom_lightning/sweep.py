@@ -1,25 +1,45 @@
-"""`mrcom sweep`: a grid of config variants × seeds, each fitted then tested, one after another.
+"""`mrcom sweep`: a grid of config variants × seeds, each fitted then tested, cells in parallel.
 
 Every cell gets its own `trainer.default_root_dir`, so runs never share checkpoints; a cell
 whose test has finished is skipped when the sweep is re-run, and an interrupted fit resumes
-from its `last.ckpt`. Compare the results with `mrcom compare`.
+from its `last.ckpt`. The cells run on this machine's cores or as Ray tasks (`launch.py`,
+docs/grids.md); a dataset they share is collected once before they start. Compare the results
+with `mrcom compare`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mrcom_lightning import tracking
+from mrcom_lightning import launch, tracking
 
 PARENT_RUN_FILE = "mlflow_parent_run"  # in the grid's folder: the parent run's id, kept for a re-run
+DATASET_MANIFEST = "dataset.json"  # a collected dataset's manifest; `complete` once every episode is written
+LAUNCH_OPTIONS = ("workers", "launcher", "address", "cpus_per_cell", "gpus_per_cell")
+
+
+def add_launch_arguments(parser: ArgumentParser) -> None:
+    """How a grid's cells run (`mrcom sweep`, `mrcom study`): `launch.run_cells`'s settings."""
+    parser.add_argument("--workers", type=int | None, default=None,
+                        help="cells at once (default: this machine's cores over --cpus_per_cell; with --launcher ray "
+                             "and --address, as many as the cluster fits); 1 runs them one after another")  # fmt: skip
+    parser.add_argument("--launcher", type=Literal["local", "ray"], default="local",
+                        help="local: processes of this machine; ray: Ray tasks (pip install 'mrcom-lightning[ray]')")  # fmt: skip
+    parser.add_argument("--address", type=str | None, default=None,
+                        help="--launcher ray: the Ray cluster to run on (auto, ray://head:10001); none starts a local "
+                             "Ray instance of --workers x --cpus_per_cell CPUs")  # fmt: skip
+    parser.add_argument("--cpus_per_cell", type=int, default=1, help="each cell's torch threads (`--threads`) and CPUs")
+    parser.add_argument("--gpus_per_cell", type=float, default=0, help="the GPUs each Ray task of a cell reserves")
 
 
 def sweep_parser() -> ArgumentParser:
@@ -36,6 +56,7 @@ def sweep_parser() -> ArgumentParser:
     parser.add_argument("--root", type=str, default="runs/sweep", help="folder of the cells' runs")
     parser.add_argument("--overrides", type=list[str], default=[], help="extra `mrcom fit` arguments for every cell")
     parser.add_argument("--test", type=bool, default=True, help="run `mrcom test` on each cell's best checkpoint")
+    add_launch_arguments(parser)
     parser.add_argument("--dry_run", type=bool, default=False, help="print the commands only")
     return parser
 
@@ -44,22 +65,79 @@ def cell_name(variant: str, seed: int) -> str:
     return f"{Path(variant).stem if variant else 'base'}-seed{seed}"
 
 
+MRCOM = [sys.executable, "-m", "mrcom_lightning.cli"]
+
+
 def commands(args) -> list[tuple[Path, list[list[str]]]]:
     """(cell folder, [fit command, test command]) for every variant × seed."""
-    mrcom = [sys.executable, "-m", "mrcom_lightning.cli"]
+    threads = ["--threads", str(args.cpus_per_cell)]
     cells = []
     for variant in args.variants:
         for seed in args.seeds:
             folder = Path(args.root) / cell_name(variant, seed)
             configs = [arg for path in args.base + ([variant] if variant else []) for arg in ("--config", path)]
-            fit = mrcom + ["fit", *configs, "--seed_everything", str(seed), "--data.seed", str(seed),
-                           "--trainer.default_root_dir", str(folder), *args.overrides]
+            fit = MRCOM + ["fit", *configs, "--seed_everything", str(seed), "--data.seed", str(seed),
+                           "--trainer.default_root_dir", str(folder), *threads, *args.overrides]  # fmt: skip
             if (folder / "checkpoints" / "last.ckpt").exists():
                 fit += ["--ckpt_path", "last"]
             steps = [fit]
             if args.test:
-                steps.append(mrcom + ["test", "--ckpt_path", str(folder / "checkpoints" / "best.ckpt")])
+                steps.append(MRCOM + ["test", "--ckpt_path", str(folder / "checkpoints" / "best.ckpt"), *threads])
             cells.append((folder, steps))
+    return cells
+
+
+def dataset_settings(configs: list[str], overrides: list[str]) -> dict:
+    """The `data.dataset` settings a cell's fit reads: each config's, merged in order, then the
+    `--data.dataset.*` overrides (a key of a mapping merges, any other value replaces)."""
+    from mrcom_lightning.cli import resolve_configs
+
+    settings: dict = {}
+    for path in resolve_configs([arg for config in configs for arg in ("--config", config)])[1::2]:
+        data = (yaml.safe_load(Path(path).read_text()) or {}).get("data") or {}
+        merge(settings, copy.deepcopy(data.get("dataset") or {}))
+    pairs = [tuple(o.split("=", 1)) if "=" in o else (o, v) for o, v in zip(overrides, overrides[1:] + [""])]
+    for option, value in pairs:
+        if option.startswith("--data.dataset."):
+            *parents, key = option.removeprefix("--data.dataset.").split(".")
+            node = settings
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = yaml.safe_load(value)
+    return settings
+
+
+def merge(into: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def dataset_cells(args) -> list[launch.Cell]:
+    """One `mrcom collect` cell per dataset the grid's cells read that is not complete yet: cells
+    started together would otherwise collect the same dataset at once (each fit collects a missing one)."""
+    datasets = {}
+    for variant in args.variants:
+        try:
+            settings = dataset_settings(args.base + ([variant] if variant else []), args.overrides)
+        except (SystemExit, OSError, yaml.YAMLError):  # a config not found or not read: its cells fail, reported
+            continue
+        root = Path(settings.get("root", "data/multi"))
+        manifest = root / DATASET_MANIFEST
+        if not (manifest.is_file() and launch.read_done(manifest).get("complete")):
+            datasets.setdefault(str(root), settings)
+    cells = []
+    slots = max(1, (args.workers or launch.default_workers(args.cpus_per_cell)) // max(1, len(datasets)))
+    for root, settings in datasets.items():
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        folder = Path(args.root) / f"dataset-{Path(root).name}-{digest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dataset.yaml").write_text(yaml.safe_dump({"dataset": settings}))
+        command = MRCOM + ["collect", "--config", str(folder / "dataset.yaml"), "--workers", str(slots), "--progress", "false"]
+        cells.append(launch.Cell(folder.name, folder, ([command],), cpus=slots * args.cpus_per_cell))
     return cells
 
 
@@ -91,20 +169,34 @@ def grid_run(root: Path, configs: list[str], overrides: list[str], name: str, pa
         yield uri, run_id
 
 
-def run_cells(args, parent_run_id: str | None) -> None:
-    """Fits and tests every cell not done yet, one after another."""
-    env = dict(os.environ, **({tracking.PARENT_RUN_ENV: parent_run_id} if parent_run_id else {}))
-    for folder, steps in commands(args):
-        done = folder / "done.json"
-        if done.exists():
-            print(f"skip {folder} (done)")
-            continue
-        for command in steps:
-            print("$ " + " ".join(command[1:]), flush=True)
-            if not args.dry_run:
-                subprocess.run(command, check=True, env=env)
-        if not args.dry_run:
-            done.write_text(json.dumps({"commands": [c[1:] for c in steps]}, indent=1))
+def run_cells(args, parent_run_id: str | None) -> launch.Summary | None:
+    """Fits and tests every cell not done yet, `args.workers` at a time (`launch.run_cells`), after
+    collecting the datasets they read; each cell's runs nest under `parent_run_id`."""
+    if args.dry_run:
+        for folder, steps in commands(args):
+            if (folder / launch.DONE).exists():
+                print(f"skip {folder} (done)")
+                continue
+            for command in steps:
+                print("$ " + " ".join(command[1:]), flush=True)
+        return None
+    options = {key: getattr(args, key) for key in ("workers", "launcher", "address")}
+    datasets = dataset_cells(args)
+    prepared = launch.run_cells(datasets, launch.run_commands, skip_done=False, label="datasets", **options)
+    if prepared.failed:
+        raise SystemExit(f"mrcom sweep: a dataset could not be collected; see {prepared.failed[0].log}")
+    # Only what a cell needs beyond its worker's own environment (a Ray worker sets its GPUs there).
+    env = {tracking.PARENT_RUN_ENV: parent_run_id} if parent_run_id else {}
+    env |= {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]} if "MLFLOW_TRACKING_URI" in os.environ else {}
+    cells = [launch.Cell(folder.name, folder, (steps, env), cpus=args.cpus_per_cell, gpus=args.gpus_per_cell)
+             for folder, steps in commands(args)]  # fmt: skip
+    return launch.run_cells(cells, launch.run_commands, label=f"{Path(args.root).name} cells", **options)
+
+
+def warn_of_sqlite_on_a_cluster(args, uri: str) -> None:
+    if args.launcher == "ray" and args.address and tracking.sqlite_file(uri) is not None:
+        print(f"mrcom sweep: cells on a Ray cluster log to the SQLite store {uri}; SQLite on a shared file system "
+              "is not safe across nodes: log to an MLflow tracking server instead (docs/grids.md)", file=sys.stderr)  # fmt: skip
 
 
 def sweep_main(argv: list[str]) -> None:
@@ -113,5 +205,8 @@ def sweep_main(argv: list[str]) -> None:
         return run_cells(args, None)
     name = "sweep-" + "+".join(Path(config).stem for config in args.base)
     params = {key: json.dumps(getattr(args, key)) for key in ("base", "variants", "seeds", "overrides")}
-    with grid_run(Path(args.root), args.base, args.overrides, name, params | {"root": args.root}) as (_, run_id):
-        run_cells(args, run_id)
+    with grid_run(Path(args.root), args.base, args.overrides, name, params | {"root": args.root}) as (uri, run_id):
+        warn_of_sqlite_on_a_cluster(args, uri)
+        summary = run_cells(args, run_id)
+        if summary.failed:
+            raise SystemExit(1)

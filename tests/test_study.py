@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from mrcom_lightning import study
@@ -34,7 +35,9 @@ def fake_metrics(variant: str, seed: int) -> dict[str, float]:
 @pytest.fixture
 def fake_cells(monkeypatch, tmp_path):
     """Runs no `mrcom` command: a cell's `test` writes the fake metrics its variant and seed would
-    give. The calls' environments are in `calls.envs`; the MLflow store is in `tmp_path`."""
+    give, `collect` marks its dataset complete. The cells' calls are in `calls` (the collects in
+    `calls.collects`), their environments in `calls.envs`; the MLflow store is in `tmp_path`. The
+    cells must run in this process (`--workers 1`), where the fake is."""
     calls = FakeCalls()
     stems = {Path(path).stem if path else "base": name for name, path in study.VARIANTS.items()}
     real_run = subprocess.run
@@ -42,6 +45,12 @@ def fake_cells(monkeypatch, tmp_path):
     def run(command, check=False, env=None, **kwargs):
         if command[:3] != [sys.executable, "-m", "mrcom_lightning.cli"]:  # git, asked by the tracking
             return real_run(command, check=check, env=env, **kwargs)
+        if command[3] == "collect":
+            dataset = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())["dataset"]
+            Path(dataset["root"]).mkdir(parents=True, exist_ok=True)
+            (Path(dataset["root"]) / "dataset.json").write_text(json.dumps({"complete": True}))
+            calls.collects.append(command)
+            return subprocess.CompletedProcess(command, 0)
         calls.append(command)
         calls.envs.append(env or {})
         if command[3] == "test":
@@ -49,8 +58,9 @@ def fake_cells(monkeypatch, tmp_path):
             stem, seed = folder.name.rsplit("-seed", 1)
             (folder / study.TEST_METRICS).parent.mkdir(parents=True, exist_ok=True)
             (folder / study.TEST_METRICS).write_text(json.dumps(fake_metrics(stems[stem], int(seed))))
+        return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr("mrcom_lightning.sweep.subprocess.run", run)
+    monkeypatch.setattr("mrcom_lightning.launch.subprocess.run", run)
     monkeypatch.chdir(tmp_path)
     return calls
 
@@ -59,10 +69,12 @@ class FakeCalls(list):
     def __init__(self):
         super().__init__()
         self.envs = []
+        self.collects = []
 
     def clear(self):
         super().clear()
         self.envs.clear()
+        self.collects.clear()
 
 
 def parent_runs(cwd: Path, experiment: str = "generalization") -> list:
@@ -75,8 +87,10 @@ def parent_runs(cwd: Path, experiment: str = "generalization") -> list:
 
 def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
-    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
+    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]", "--workers", "1"])
     assert len(fake_cells) == 2 * len(study.VARIANTS) * 3  # a fit and a test per cell
+    (collect,) = fake_cells.collects  # the dataset every cell reads, collected once before them
+    assert yaml.safe_load(Path(collect[collect.index("--config") + 1]).read_text())["dataset"]["root"] == "data/study"
     fits = [c for c in fake_cells if c[3] == "fit"]
     for name, path in study.VARIANTS.items():
         for seed in (0, 1, 2):
@@ -116,8 +130,8 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     fake_cells.clear()
-    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]"])
-    assert fake_cells == []  # every cell is done: a re-run only reports
+    main(["study", "--root", str(root), "--seeds", "[0, 1, 2]", "--workers", "1"])
+    assert fake_cells == [] and fake_cells.collects == []  # every cell is done: a re-run only reports
     assert [r.info.run_id for r in parent_runs(tmp_path)[1]] == [parent]  # into the same parent run
 
 
@@ -155,7 +169,7 @@ def test_holm_corrected_paired_p_values_match_a_hand_computation(tmp_path):
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
-    main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]"])
+    main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]", "--workers", "1"])
     fake_cells.clear()
     main(["study", "--root", str(root), "--seeds", "[0, 1]", "--report_only", "true"])
     assert fake_cells == []
@@ -192,7 +206,8 @@ def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
                     assert np.isfinite(metrics[f"{split}/{domain}/open_loop_mse"]), (split, domain)
                     assert np.isfinite(metrics[f"{split}/{domain}/one_step_reward_mse"]), (split, domain)
     text = Path("runs/report.md").read_text()
-    assert "### test_ood_objective · open_loop_mse" in text and "| rssm ÷ mrcom | p |" in text
+    assert all(f"### {split} · {error}" in text for split in study.SPLITS for error in study.ERRORS)
+    assert "| rssm ÷ mrcom | p (Holm) |" in text
     assert "seeds=2" in text.splitlines()[-1]
     # In MLflow: one parent run, the 4 fits and 4 tests nested under it and named for their cell.
     client, runs = parent_runs(tmp_path)
