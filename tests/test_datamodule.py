@@ -436,3 +436,46 @@ def test_same_seed_gives_the_same_losses(dataset, tmp_path):
     assert len(first["losses"]) == 5
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["losses"], other["losses"])
+
+
+def episode_of(root: str, obs: np.ndarray) -> set[tuple[str, str]]:
+    """(scenario id, file) of every episode under `root` whose obs contain `obs` contiguously."""
+    found = set()
+    for info in EpisodeStore(root).index():
+        stored = EpisodeStore.read(info.path).obs
+        if stored.shape[1] == obs.shape[1]:
+            for t in np.flatnonzero((stored == obs[0]).all(1)):
+                if np.array_equal(stored[t : t + len(obs)], obs):
+                    found.add((info.scenario_id, str(info.path)))
+    return found
+
+
+def test_meta_episodes_span_two_episodes_of_one_scenario(dataset):
+    dm = make(dataset, meta_episodes=2, batch_size=6)
+    dm.setup("fit")
+    obs_dims = list(dm.domain_dims.values())
+    for batch in take(dm.train_stream(), 3):
+        T = batch["action"].shape[1]
+        assert batch["reset"].shape == (6, T + 1) and batch["reset"].dtype == torch.bool
+        for row in range(6):
+            flags = np.flatnonzero(batch["reset"][row].numpy())
+            assert len(flags) == 1 and 1 <= flags[0] <= T  # one boundary, an observation on each side
+            t = int(flags[0])
+            dim = obs_dims[int(batch["domain"][row])][0]
+            before, after = batch["obs"][row, :t, :dim].numpy(), batch["obs"][row, t:, :dim].numpy()
+            first, second = episode_of(dataset.root, before), episode_of(dataset.root, after)
+            assert len(first) == 1 and len(second) == 1
+            (scenario_a, file_a), (scenario_b, file_b) = first.pop(), second.pop()
+            assert scenario_a == scenario_b and file_a != file_b  # two episodes, one scenario
+            # The reset transition: no action led to the new episode, no reward came with it.
+            assert not batch["action"][row, t - 1].any() and batch["reward"][row, t - 1] == 0
+    plain = make(dataset)
+    plain.setup("fit")
+    assert "reset" not in next(iter(plain.train_stream()))
+
+
+def test_meta_episodes_need_enough_episodes(dataset):
+    dm = make(dataset, meta_episodes=3)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="data.meta_episodes=3"):
+        dm.train_stream()
