@@ -314,8 +314,10 @@ class RayBackend:
 
     def __enter__(self):
         self.started = not self.ray.is_initialized()
+        # A local instance's workers import what this process imports (a script's or a test's modules).
+        paths = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}} if not self.address else None
         if self.started:  # the cells write their own logs: nothing of theirs is echoed here
-            self.ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False,
+            self.ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False, runtime_env=paths,
                           log_to_driver=False, logging_level="warning", configure_logging=False)  # fmt: skip
         self.task = self.ray.remote(attempt)
         return self
