@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mrcom_lightning.metrics import RELATIVE, STEPWISE
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs" / "quick.yaml"
 QUICK_DOMAINS = yaml.safe_load(QUICK.read_text())["data"]["dataset"]["scenarios"]["domains"]
+QUICK_HORIZON = yaml.safe_load(QUICK.read_text())["model"]["open_loop_horizon"]
 METRICS = (
     "obs_mse", "reward_mse", "open_loop_mse", "open_loop_reward_mse", "naive_open_loop_mse", "naive_open_loop_reward_mse"
 )
@@ -123,8 +126,13 @@ def test_fit_logs_to_mlflow_and_checkpoints(quick_fit):
     # The imagination figure and per-step table of each validation (steps 30 and 60).
     imagination = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "imagination")}
     assert imagination == {f"val-step{step:07d}.{ext}" for step in (30, 60) for ext in ("png", "csv")}
+    # One row per domain, curve and step h = 1..H: the stepwise errors and the per-dim relative ones.
     table = (cwd / "runs/quick/imagination/val-step0000060.csv").read_text().splitlines()
-    assert table[0] == "domain,metric,h,value" and len(table) == 1 + len(QUICK_DOMAINS) * 4 * 5
+    rows = [line.split(",") for line in table[1:]]
+    curves = STEPWISE + RELATIVE
+    assert table[0] == "domain,metric,h,value"
+    assert {(domain, metric) for domain, metric, _, _ in rows} == {(d, m) for d in QUICK_DOMAINS for m in curves}
+    assert len(rows) == len(QUICK_DOMAINS) * len(curves) * QUICK_HORIZON
     saved_config = yaml.safe_load((cwd / "runs/quick/config-fit.yaml").read_text())
     assert saved_config["trainer"]["max_steps"] == 60
 
