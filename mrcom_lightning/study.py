@@ -1,6 +1,7 @@
 """`mrcom study`: does MrCoM generalise better? Every variant trained on one dataset, over seeds.
 
-MrCoM, the RSSM and CaDM-style baselines and the four ablations are each fitted with the same
+MrCoM, the baselines (a DreamerV3-style RSSM, CaDM, MAMBA; docs/baselines.md) and the four
+ablations are each fitted with the same
 configs, budget and seeds (a `mrcom sweep` underneath: one folder per variant × seed, finished
 cells skipped on a re-run), then tested on in-distribution scenarios and on three kinds of
 out-of-distribution ones (dynamics, objective, both outside the training ranges). The report
@@ -34,11 +35,17 @@ VARIANTS = {
     "mrcom": "",
     "rssm": "configs/baselines/rssm.yaml",
     "cadm": "configs/baselines/cadm.yaml",
+    "mamba": "configs/baselines/mamba.yaml",
     "no_context": "configs/ablations/no_context.yaml",
     "no_deterministic": "configs/ablations/no_deterministic.yaml",
     "no_meta_state": "configs/ablations/no_meta_state.yaml",
     "no_meta_value": "configs/ablations/no_meta_value.yaml",
+    # MrCoM's context transformer over the history alone; until 2026-12 this row was called "cadm".
+    "history_rssm": "configs/baselines/history_rssm.yaml",
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "history_rssm"]  # the paper's columns and ablations
+# The pre-declared comparisons of the summary lines: MrCoM against each of the paper's baselines.
+SUMMARY_BASELINES = ("rssm", "mamba", "cadm")
 # Test splits: interpolation, then each kind of extrapolation (scenarios/meta_set.py).
 SPLITS = ("test_id", "test_ood_dynamics", "test_ood_objective", "test_ood")
 OOD_SPLITS = SPLITS[1:]
@@ -62,7 +69,9 @@ def study_parser() -> ArgumentParser:
         "configs/multi.yaml's sizes (GPUs)",
     )
     parser.add_argument("--base", type=list[str] | None, default=None, help="configs every cell starts from (replaces --sizes)")
-    parser.add_argument("--variants", type=list[str], default=list(VARIANTS), help=f"any of {list(VARIANTS)}")
+    parser.add_argument(
+        "--variants", type=list[str], default=DEFAULT_VARIANTS, help=f"any of {list(VARIANTS)} (default: all but history_rssm)"
+    )
     parser.add_argument("--seeds", type=list[int], default=[0, 1, 2], help="seeds of every variant (>= 3 for the tests)")
     parser.add_argument("--root", type=str, default="runs/study", help="folder of the cells and the report")
     parser.add_argument("--overrides", type=list[str], default=[], help="extra `mrcom fit` arguments for every cell")
@@ -115,16 +124,22 @@ def ood_open_loop(results, variant: str, domains: list[str]) -> list[float]:
     ]
 
 
-def summary_line(results, domains: list[str]) -> str:
-    """The study's one pre-declared comparison (MrCoM against the RSSM, OOD open-loop observation
-    error, per-dim relative), paired over the seeds both have; uncorrected, as it is one test."""
-    shared = sorted(set(results.get(REFERENCE, {})) & set(results.get("rssm", {})))
-    pick = {v: {s: results[v][s] for s in shared} for v in (REFERENCE, "rssm") if v in results}
-    ours, rssm = ood_open_loop(pick, REFERENCE, domains), ood_open_loop(pick, "rssm", domains)
-    if not ours or not rssm:
-        return "mrcom_over_rssm_ood_open_loop=nan p=nan seeds=0"
-    ratio = float(np.mean(ours) / np.mean(rssm))
-    return f"mrcom_over_rssm_ood_open_loop={ratio:.3f} p={paired_p_value(ours, rssm):.3g} seeds={len(shared)}"
+def summary_line(results, domains: list[str], baseline: str = "rssm") -> str:
+    """One of the study's pre-declared comparisons (MrCoM against `baseline`, OOD open-loop observation
+    error, per-dim relative), paired over the seeds both have; uncorrected, each its own question."""
+    name = f"{REFERENCE}_over_{baseline}_ood_open_loop"
+    shared = sorted(set(results.get(REFERENCE, {})) & set(results.get(baseline, {})))
+    pick = {v: {s: results[v][s] for s in shared} for v in (REFERENCE, baseline) if v in results}
+    ours, theirs = ood_open_loop(pick, REFERENCE, domains), ood_open_loop(pick, baseline, domains)
+    if not ours or not theirs:
+        return f"{name}=nan p=nan seeds=0"
+    ratio = float(np.mean(ours) / np.mean(theirs))
+    return f"{name}={ratio:.3f} p={paired_p_value(ours, theirs):.3g} seeds={len(shared)}"
+
+
+def summary_lines(results, domains: list[str]) -> list[str]:
+    """The summary lines, MrCoM against the RSSM (DreamerV3), MAMBA and CaDM: the report's last lines."""
+    return [summary_line(results, domains, baseline) for baseline in SUMMARY_BASELINES]
 
 
 def overall_by_seed(results, variant: str, split: str, error: str, domains: list[str]) -> dict[int, float]:
@@ -215,7 +230,7 @@ def report(results, root: Path) -> str:
                         test = compared.get((split, error, col), {}) if row == "overall" else {}
                         records.append([split, error, row, col, np.mean(values), np.std(values), len(values), ratio,
                                         test.get("p", float("nan")), test.get("p_holm", float("nan"))])
-    parts.append("\n" + summary_line(results, domains))
+    parts.append("\n" + "\n".join(summary_lines(results, domains)))
     text = "\n".join(parts) + "\n"
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(text)
@@ -232,15 +247,18 @@ def report(results, root: Path) -> str:
     return text
 
 
-def log_report(client, run_id: str, root: Path, summary: str) -> None:
-    """The report's files as artifacts of the study's parent run (`report/`), its summary as metrics."""
+def log_report(client, run_id: str, root: Path, summary: list[str]) -> None:
+    """The report's files as artifacts of the study's parent run (`report/`), its summary lines as
+    metrics: `mrcom_over_<baseline>_ood_open_loop` and its `_p` and `_seeds`."""
     for name in ("report.md", "report.csv", *(f"{error}.png" for error in PLOTTED)):
         if (root / name).is_file():
             client.log_artifact(run_id, str(root / name), "report")
-    values = {key: float(value) for key, value in (item.split("=") for item in summary.split())}
-    for key, value in values.items():
-        if np.isfinite(value):
-            client.log_metric(run_id, key, value)
+    for line in summary:
+        (name, ratio), *rest = (item.split("=") for item in line.split())
+        values = {name: float(ratio)} | {f"{name}_{key}": float(value) for key, value in rest}
+        for key, value in values.items():
+            if np.isfinite(value):
+                client.log_metric(run_id, key, value)
 
 
 def study_main(argv: list[str]) -> None:
@@ -267,7 +285,7 @@ def study_main(argv: list[str]) -> None:
         if not results:
             parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
         text = report(results, root)
-        log_report(tracking.prepare_store(uri), run_id, root, text.strip().splitlines()[-1])
+        log_report(tracking.prepare_store(uri), run_id, root, text.strip().splitlines()[-len(SUMMARY_BASELINES) :])
         print(text)
         print(f"wrote {root / 'report.md'} and {root / 'report.csv'}; logged to the MLflow run {run_id} (report/)")
         if summary is not None and summary.failed:  # the report covers the finished cells; the parent run is FAILED

@@ -88,11 +88,13 @@ def parent_runs(cwd: Path, experiment: str = "generalization") -> list:
 def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
     main(["study", "--root", str(root), "--seeds", "[0, 1, 2]", "--workers", "1"])
-    assert len(fake_cells) == 2 * len(study.VARIANTS) * 3  # a fit and a test per cell
+    assert len(fake_cells) == 2 * len(study.DEFAULT_VARIANTS) * 3  # a fit and a test per cell
     (collect,) = fake_cells.collects  # the dataset every cell reads, collected once before them
     assert yaml.safe_load(Path(collect[collect.index("--config") + 1]).read_text())["dataset"]["root"] == "data/study"
     fits = [c for c in fake_cells if c[3] == "fit"]
-    for name, path in study.VARIANTS.items():
+    assert {"mamba", "cadm"} <= set(study.DEFAULT_VARIANTS) and "history_rssm" not in study.DEFAULT_VARIANTS
+    for name in study.DEFAULT_VARIANTS:
+        path = study.VARIANTS[name]
         for seed in (0, 1, 2):
             cell = root / study.cell_name(path, seed)
             assert (cell / "done.json").is_file() and (cell / study.TEST_METRICS).is_file(), (name, seed)
@@ -110,15 +112,21 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     # Holm over 6 variants x 4 splits x 4 errors, all with the same p.
     mrcom, rssm = [1.0, 1.1, 1.2], [2.0, 2.2, 2.4]
     p = stats.ttest_rel(rssm, mrcom).pvalue
-    comparisons = (len(study.VARIANTS) - 1) * len(study.SPLITS) * len(study.ERRORS)
+    comparisons = (len(study.DEFAULT_VARIANTS) - 1) * len(study.SPLITS) * len(study.ERRORS)
     assert f"over this report's {comparisons} comparisons" in text
     row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.2000 ± 0.1633 (n=3)" in line)
     assert f"| {2.0:.4f} | {min(1.0, comparisons * p):.3g} |" in row
-    assert text.rstrip().endswith(f"mrcom_over_rssm_ood_open_loop={0.5:.3f} p={stats.ttest_rel(mrcom, rssm).pvalue:.3g} seeds=3")
+    # The summary lines end the report: MrCoM over the RSSM, MAMBA (4x MrCoM's errors) and CaDM (3x).
+    mamba, cadm = [4 * x for x in mrcom], [3 * x for x in mrcom]
+    assert text.rstrip().splitlines()[-3:] == [
+        f"mrcom_over_rssm_ood_open_loop={0.5:.3f} p={stats.ttest_rel(mrcom, rssm).pvalue:.3g} seeds=3",
+        f"mrcom_over_mamba_ood_open_loop={0.25:.3f} p={stats.ttest_rel(mrcom, mamba).pvalue:.3g} seeds=3",
+        f"mrcom_over_cadm_ood_open_loop={1 / 3:.3f} p={stats.ttest_rel(mrcom, cadm).pvalue:.3g} seeds=3",
+    ]
     assert (root / "open_loop_rel_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
     rows = (root / "report.csv").read_text().splitlines()
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_paired,p_holm"
-    assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.VARIANTS) + 1)
+    assert len(rows) == 1 + len(study.SPLITS) * len(study.ERRORS) * (len(DOMAINS) + 1) * (len(study.DEFAULT_VARIANTS) + 1)
 
     # One parent MLflow run for the grid: every cell gets its id, the report is its artifact.
     client, runs = parent_runs(tmp_path)
@@ -126,7 +134,11 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     parent = runs[0].info.run_id
     assert {env[study.tracking.PARENT_RUN_ENV] for env in fake_cells.envs} == {parent}
     assert {a.path for a in client.list_artifacts(parent, "report")} >= {"report/report.md", "report/report.csv"}
-    assert runs[0].data.metrics["mrcom_over_rssm_ood_open_loop"] == pytest.approx(0.5, abs=1e-3)
+    metrics = runs[0].data.metrics
+    assert metrics["mrcom_over_rssm_ood_open_loop"] == pytest.approx(0.5, abs=1e-3)
+    assert metrics["mrcom_over_mamba_ood_open_loop"] == pytest.approx(0.25, abs=1e-3)
+    assert metrics["mrcom_over_cadm_ood_open_loop"] == pytest.approx(1 / 3, abs=1e-3)
+    assert metrics["mrcom_over_cadm_ood_open_loop_seeds"] == 3
     assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     fake_cells.clear()
@@ -208,7 +220,8 @@ def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
     text = Path("runs/report.md").read_text()
     assert all(f"### {split} · {error}" in text for split in study.SPLITS for error in study.ERRORS)
     assert "| rssm ÷ mrcom | p (Holm) |" in text
-    assert "seeds=2" in text.splitlines()[-1]
+    assert text.splitlines()[-3].startswith("mrcom_over_rssm_ood_open_loop=") and "seeds=2" in text.splitlines()[-3]
+    assert text.splitlines()[-1].startswith("mrcom_over_cadm_ood_open_loop=nan")  # no CaDM cell in this grid
     # In MLflow: one parent run, the 4 fits and 4 tests nested under it and named for their cell.
     client, runs = parent_runs(tmp_path)
     (parent,) = [r for r in runs if r.info.run_name == "study-custom"]
