@@ -218,5 +218,5 @@ def test_baselines_fit_through_mrcom_fit(tmp_path_factory):
     for name in BASELINES:
         args = quick_fit_args(root / "data", "--config", str(ROOT / "configs" / "baselines" / f"{name}.yaml"), *tiny,
                               "--trainer.default_root_dir", str(root / name))
-        run = mrcom(root, *args).check()
-        assert "val/loss" in run.output or (root / name).exists(), run.output[-2000:]
+        mrcom(root, *args).check()
+        assert list((root / name).rglob("*.ckpt")), f"{name}: no checkpoint under {root / name}"
