@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import sys
@@ -122,7 +123,8 @@ def dataset_cells(args) -> list[launch.Cell]:
     datasets = {}
     for variant in args.variants:
         try:
-            settings = dataset_settings(args.base + ([variant] if variant else []), args.overrides)
+            with contextlib.redirect_stderr(io.StringIO()):
+                settings = dataset_settings(args.base + ([variant] if variant else []), args.overrides)
         except (SystemExit, OSError, yaml.YAMLError):  # a config not found or not read: its cells fail, reported
             continue
         root = Path(settings.get("root", "data/multi"))

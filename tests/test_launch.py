@@ -165,9 +165,8 @@ def test_two_workers_give_the_sequential_results(tmp_path, dataset, monkeypatch,
 def test_a_sweep_on_a_local_ray_instance_reports_a_failing_cell(tmp_path, dataset, monkeypatch, capsys):
     pytest.importorskip("ray", reason="the Ray launcher is optional: pip install 'mrcom-lightning[ray]'")
     monkeypatch.chdir(tmp_path)
-    Path("broken.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": "many"}}))  # refused by `mrcom fit`
     args = sweep_args("ray", dataset, "--launcher", "ray", "--workers", "2")
-    args[args.index("--variants") + 1] = "['', broken.yaml]"
+    args[args.index("--variants") + 1] = "['', broken.yaml]"  # no such file: its `mrcom fit` exits 2 at once
     args[args.index("--seeds") + 1] = "[0]"
     with pytest.raises(SystemExit) as exit_:
         main(args)
@@ -175,7 +174,8 @@ def test_a_sweep_on_a_local_ray_instance_reports_a_failing_cell(tmp_path, datase
     out = capsys.readouterr().out
     assert "ray cells: 1 finished, 1 failed, 0 skipped of 2 cells" in out
     assert f"failed broken-seed0: CommandFailed: `mrcom fit` exited 2; log: ray/broken-seed0/{launch.LOG}" in out
-    assert "max_steps" in (tmp_path / "ray" / "broken-seed0" / launch.LOG).read_text()
+    assert "config file broken.yaml not found" in (tmp_path / "ray" / "broken-seed0" / launch.LOG).read_text()
+    assert "MLflow run quick-mrcom-seed0" in (tmp_path / "ray" / "base-seed0" / launch.LOG).read_text()
     parent = (tmp_path / "ray" / sweep.PARENT_RUN_FILE).read_text().strip()
     (cell,) = [r for r in mlflow_runs(tmp_path) if r.data.tags.get(tracking.PARENT_RUN_TAG) == parent]
     assert cell.info.run_name == "quick-mrcom-seed0" and cell.info.status == "FINISHED" and "val/loss" in cell.data.metrics
