@@ -6,7 +6,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from mrcom_lightning.adaptation import AdaptationConfig, adapt, resolve_targets
+from mrcom_lightning.adaptation import AdaptationConfig, resolve_targets
+from mrcom_lightning.adaptation.parallel import AdaptationRun, adapt_all
+from mrcom_lightning.threads import Threads, resolve_workers
 
 
 class ScenarioAdaptation(L.Callback):
@@ -20,7 +22,9 @@ class ScenarioAdaptation(L.Callback):
     where the final policy goes, in units of the naive forecast's; `charts/model_error/...`).
     During `test` the targets of the test splits are adapted to, with plain SAC beside them
     (`test_baseline`), and both scores are printed with the number of real steps.
-    The adaptation runs on a copy of the model, so training never sees it. Under DDP the other
+    The runs (each target, with the model and, with a baseline, without) go side by side, one
+    process per core (`workers`), under one progress bar (quiet with `trainer.enable_progress_bar
+    false`). The adaptation runs on a copy of the model, so training never sees it. Under DDP the other
     ranks wait at their next collective meanwhile: keep one round of adaptation shorter than the
     process group's timeout (30 minutes by default).
 
@@ -32,6 +36,8 @@ class ScenarioAdaptation(L.Callback):
         baseline: also run plain SAC with the same budget during `fit`, logged as `.../sac_score`.
         test_baseline: also run plain SAC during `test`.
         seed: seeds the target environments and the agents.
+        workers: processes the runs (target × method) share, one torch thread each; `auto`: one
+            per available core (1 inside a parallel launcher's worker). The scores do not depend on it.
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class ScenarioAdaptation(L.Callback):
         baseline: bool = False,
         test_baseline: bool = True,
         seed: int = 0,
+        workers: Threads = "auto",
     ):
         if every_n_validations < 0:
             raise ValueError(f"every_n_validations must be >= 0, got {every_n_validations}")
@@ -53,6 +60,8 @@ class ScenarioAdaptation(L.Callback):
         self.baseline = baseline
         self.test_baseline = test_baseline
         self.seed = seed
+        self.workers = workers
+        resolve_workers(workers, 1)  # a bad value fails at once, not after training
         self.validations = 0
 
     def _run(self, trainer: L.Trainer, pl_module, selectors: list[str], baseline: bool) -> dict[str, float]:
@@ -62,23 +71,29 @@ class ScenarioAdaptation(L.Callback):
             return self._adapt(trainer, pl_module, selectors, baseline)
 
     def _adapt(self, trainer: L.Trainer, pl_module, selectors: list[str], baseline: bool) -> dict[str, float]:
-        scenarios = trainer.datamodule.hparams.dataset.scenarios
+        targets = resolve_targets(trainer.datamodule.hparams.dataset.scenarios, selectors)
+        runs = [AdaptationRun(name, spec, use_model, self.seed) for name, spec in targets.items()
+                for use_model in ((True, False) if baseline else (True,))]  # fmt: skip
+        # One copy of the model for every run (each adapts a copy of its own): training never sees it.
+        results = adapt_all(runs, self.adaptation, pl_module.eager_copy(), workers=resolve_workers(self.workers, len(runs)),
+                            progress=getattr(trainer, "progress_bar_callback", None) is not None)  # fmt: skip
         metrics = {}
-        for name, spec in resolve_targets(scenarios, selectors).items():
-            # A copy per target: with `fine_tune` the adaptation trains the model it is given.
-            model = pl_module.eager_copy()
-            result = adapt(spec, self.adaptation, model, use_model=True, seed=self.seed, progress=False)
+        for run, result in zip(runs, results):
+            name = run.name
+            if not run.use_model:
+                metrics[f"adapt/{name}/sac_score"] = result.score
+                continue
             metrics[f"adapt/{name}/score"] = result.score
             metrics[f"adapt/{name}/real_steps"] = float(result.eval_steps[-1])
             metrics[f"adapt/{name}/imagined_share"] = result.summary()["imagined_share"]
             for key in ("obs_h1", "reward_h1_over_naive"):  # the model where the final policy goes
                 if points := result.metrics.get(f"charts/model_error/{key}"):
                     metrics[f"adapt/{name}/model_error_{key}"] = points[-1][1]
-            text = f"adaptation to {name} ({spec}) after {result.eval_steps[-1]} real steps: MrCoM {result.score:.2f}"
-            if baseline:
-                sac = adapt(spec, self.adaptation, None, use_model=False, seed=self.seed, progress=False)
-                metrics[f"adapt/{name}/sac_score"] = sac.score
-                text += f", SAC {sac.score:.2f}"
+        for name, spec in targets.items():
+            text = f"adaptation to {name} ({spec}) after {int(metrics[f'adapt/{name}/real_steps'])} real steps: "
+            text += f"MrCoM {metrics[f'adapt/{name}/score']:.2f}"
+            if f"adapt/{name}/sac_score" in metrics:
+                text += f", SAC {metrics[f'adapt/{name}/sac_score']:.2f}"
             rank_zero_info(text)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

@@ -25,6 +25,7 @@ from mrcom_lightning import tracking
 from mrcom_lightning.callbacks.tracking import Invocation, TrackRun, mlflow_loggers, run_name, source_run_name
 from mrcom_lightning.data.episodes import atomic_write
 from mrcom_lightning.module import MrCoM
+from mrcom_lightning.threads import AUTO, Threads, resolve_threads
 from mrcom_lightning.tracking import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, TEST_METRICS
 
 EVAL_COMMANDS = ("validate", "test", "predict")
@@ -42,8 +43,9 @@ class ProgressBar(TQDMProgressBar):
 
 
 class MrCoMCLI(LightningCLI):
-    """LightningCLI with the datamodule's dims linked into the model, a torch thread setting, and
-    MLflow runs named and described (`TrackRun`)."""
+    """LightningCLI with the datamodule's dims linked into the model, a torch thread setting (`--threads
+    auto`: every core of a run alone, `mrcom_lightning.threads`), and MLflow runs named and described
+    (`TrackRun`)."""
 
     def __init__(self, *args, invocation: Invocation | None = None, **kwargs):
         self.invocation = invocation or Invocation(argv=[])
@@ -52,10 +54,10 @@ class MrCoMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--threads",
-            type=int,
-            default=1,
-            help="torch intra-op threads; 1 stays fast when other processes share the cores, 2 is faster on "
-            "an idle machine (benchmarks/README.md)",
+            type=Threads,
+            default=AUTO,
+            help="torch intra-op threads: `auto` gives a run alone every core it may use and each worker of a "
+            "parallel launcher ($MRCOM_PARALLEL_WORKER, $OMP_NUM_THREADS) its share; or a number",
         )
         parser.link_arguments("data.domain_dims", "model.domain_dims", apply_on="instantiate")
         parser.link_arguments("data.num_scenarios", "model.num_scenarios", apply_on="instantiate")
@@ -63,9 +65,10 @@ class MrCoMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        if config.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {config.threads}")
-        torch.set_num_threads(config.threads)
+        try:
+            torch.set_num_threads(resolve_threads(config.threads))
+        except ValueError as err:
+            self.parser.error(str(err))
         if config.get("weights_only") is False:
             self.parser.error(
                 "--weights_only false is not supported: it would let a checkpoint run any code it names "

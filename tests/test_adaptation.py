@@ -681,11 +681,11 @@ def mutating_adapt(starts: list):
 
 
 def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
+    from mrcom_lightning.adaptation import parallel
     from mrcom_lightning.callbacks import ScenarioAdaptation
-    from mrcom_lightning.callbacks import adaptation as callback_module
 
     starts = []
-    monkeypatch.setattr(callback_module, "adapt", mutating_adapt(starts))
+    monkeypatch.setattr(parallel, "adapt", mutating_adapt(starts))  # the runs in this process: workers=1
     model = tiny_model()
     before = snapshot(model)
     logged = []
@@ -695,7 +695,7 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
         loggers=[types.SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))],
         global_step=7,
     )
-    callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune__enabled=True))
+    callback = ScenarioAdaptation(targets=["val/*/0"], adaptation=tiny_config(fine_tune__enabled=True), workers=1)
     metrics = callback._run(trainer, model, callback.targets, baseline=False)
 
     summary = {"score": 1.0, "real_steps": 60.0, "imagined_share": 0.0}
@@ -785,15 +785,15 @@ def test_mrcom_adapt_scores_against_sac_and_logs_runs(fit_with_adaptation):
 
 @pytest.mark.slow
 def test_mrcom_adapt_starts_every_run_from_the_checkpoint(fit_with_adaptation, monkeypatch):
-    from mrcom_lightning.adaptation import cli
+    from mrcom_lightning.adaptation import cli, parallel
 
     starts = []
-    monkeypatch.setattr(cli, "adapt", mutating_adapt(starts))
+    monkeypatch.setattr(parallel, "adapt", mutating_adapt(starts))
     cwd = fit_with_adaptation
     cli.adapt_main([
         "--ckpt_path", str(cwd / "runs/quick/checkpoints/best.ckpt"), "--target", "[test_ood/hopper/0, test_ood/walker/0]",
         "--seeds", "[0, 1]", "--baseline", "false", "--adaptation.fine_tune.enabled", "true", "--progress", "false",
-        "--tracking_uri", f"sqlite:///{cwd / 'mutating.db'}",
+        "--tracking_uri", f"sqlite:///{cwd / 'mutating.db'}", "--workers", "1",
     ])
     assert len(starts) == 4
     assert all(changed(starts[0], start) == [] for start in starts[1:])
@@ -881,20 +881,20 @@ def test_adaptation_with_a_model_of_the_target_beats_a_random_policy(monkeypatch
 
 
 def test_mrcom_test_prints_both_scores_with_the_real_steps(monkeypatch, capsys):
+    from mrcom_lightning.adaptation import parallel
     from mrcom_lightning.callbacks import ScenarioAdaptation
-    from mrcom_lightning.callbacks import adaptation as callback_module
 
     def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
         score = 12.5 if use_model else 10.0
         return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), score, [config.env_steps], [score], 0, 0.0, None)
 
-    monkeypatch.setattr(callback_module, "adapt", fake)
+    monkeypatch.setattr(parallel, "adapt", fake)
     scenarios = MetaScenarioSet(domains=("hopper",), num_test_id=1)
     trainer = types.SimpleNamespace(
         datamodule=types.SimpleNamespace(hparams=types.SimpleNamespace(dataset=types.SimpleNamespace(scenarios=scenarios))),
         loggers=[], global_step=0, is_global_zero=True,
     )
-    callback = ScenarioAdaptation(test_targets=["test_id/hopper/0"], adaptation=tiny_config())
+    callback = ScenarioAdaptation(test_targets=["test_id/hopper/0"], adaptation=tiny_config(), workers=1)
     callback.on_test_end(trainer, tiny_model())
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[-2].split() == ["target", "mrcom", "sac", "real_steps"]
@@ -928,3 +928,38 @@ def test_adapt_runs_are_logged_to_mlflow_and_compare_draws_their_curves(tmp_path
                   "--columns", "params.method", "--curve", "charts/score", "--reference", "sac", "--out", str(out)])
     assert "| hopper-0 |" in capsys.readouterr().out
     assert (out / "curves.png").stat().st_size > 0
+
+
+# --- `mrcom adapt` from the MLflow store ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mrcom_adapt_reads_runs_and_models_uris_and_tags_the_run_it_evaluates(fit_with_adaptation, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from mrcom_lightning import tracking
+    from mrcom_lightning.adaptation import cli
+
+    cwd = fit_with_adaptation
+    uri = f"sqlite:///{cwd / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    (fit,) = client.search_runs([client.get_experiment_by_name(QUICK_CONFIG["trainer"]["logger"]["init_args"]["experiment_name"]).experiment_id])
+    fit_id = fit.info.run_id
+    client.create_registered_model("quick-mrcom")
+    client.create_model_version("quick-mrcom", f"runs:/{fit_id}/checkpoints", run_id=fit_id)
+    overrides = [item for key, value in TINY_ADAPT_ARGS.items() for item in (f"--adaptation.{key}", str(value))]
+    for ckpt_path in (f"runs:/{fit_id}", "models:/quick-mrcom/1"):
+        cli.adapt_main(["--ckpt_path", ckpt_path, "--target", "[test_ood/hopper/0]", "--baseline", "false",
+                        "--progress", "false", "--tracking_uri", uri, "--experiment", "adapt-from-store", *overrides])
+    assert "Adaptation (" not in capsys.readouterr().out  # --progress false: no bar
+
+    experiment = client.get_experiment_by_name("adapt-from-store")
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND  # opens on its runs in the UI
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.data.params["ckpt_path"] for r in runs] == [f"runs:/{fit_id}", "models:/quick-mrcom/1"]
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags[tracking.EVALUATES_TAG] == fit_id
+        assert run.data.tags["command"] == "adapt" and "adapt/test_ood/hopper-0/score" in run.data.metrics
+    with pytest.raises(SystemExit):  # a run without that artifact: one line naming it
+        cli.adapt_main(["--ckpt_path", f"runs:/{fit_id}/checkpoints/missing.ckpt", "--tracking_uri", uri])
+    assert f"runs:/{fit_id}/checkpoints/missing.ckpt is not in the MLflow store" in capsys.readouterr().err
