@@ -174,17 +174,18 @@ def schedule(pending: list[Cell], backend, slots: int, summary: Summary, display
 def attempt(fn: Callable[..., Any], cell: Cell, cwd: str) -> Outcome:
     """Runs one cell where it was sent: in `cwd`, with `cell.cpus` threads, its output appended to
     its log; an exception (or exit) of `fn` becomes a failed `Outcome` with the traceback in the log."""
-    cell.folder.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(cell.log, "a") as log, working_directory(cwd), threads(cell.cpus):
-        print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.name} on {os.uname().nodename}", file=log, flush=True)
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                result = fn(*cell.args)
-        except (Exception, SystemExit) as err:
-            traceback.print_exc(file=log)
-            error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            return Outcome(cell.name, "failed", time.monotonic() - start, error=error, log=cell.log)
+    with working_directory(cwd), threads(cell.cpus):
+        cell.folder.mkdir(parents=True, exist_ok=True)
+        with open(cell.log, "a") as log:
+            print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.name} on {os.uname().nodename}", file=log, flush=True)
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    result = fn(*cell.args)
+            except (Exception, SystemExit) as err:
+                traceback.print_exc(file=log)
+                error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                return Outcome(cell.name, "failed", time.monotonic() - start, error=error, log=cell.log)
     return Outcome(cell.name, "finished", time.monotonic() - start, result=result, log=cell.log)
 
 
@@ -241,22 +242,29 @@ def threads(count: int) -> Iterator[None]:
         yield
     finally:
         for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if before is not None:
             torch.set_num_threads(before)
 
 
-class InlineBackend:
-    """One cell at a time, in this process: `--workers 1`, the sequential grid."""
-
-    def __init__(self, fn):
-        self.fn = fn
+class Backend:
+    """Where cells run: `submit` one, `wait` (about a second at most) for some to end, read an `outcome`."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
+
+
+class InlineBackend(Backend):
+    """One cell at a time, in this process: `--workers 1`, the sequential grid."""
+
+    def __init__(self, fn):
+        self.fn = fn
 
     def submit(self, cell: Cell, cwd: str):
         return InlineBackend.Call(cwd)
@@ -272,7 +280,7 @@ class InlineBackend:
         cwd: str
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """`slots` worker processes of this machine."""
 
     def __init__(self, fn, slots: int, start_method: str):
@@ -302,7 +310,7 @@ class LocalBackend:
             return Outcome(cell.name, "failed", error=f"its worker process died ({type(err).__name__})", log=cell.log)
 
 
-class RayBackend:
+class RayBackend(Backend):
     """Ray tasks, each reserving its cell's CPUs and GPUs, on a cluster or a local Ray instance."""
 
     def __init__(self, fn, address: str | None, num_cpus: int | None):

@@ -26,7 +26,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from mrcom_lightning import tracking
 from mrcom_lightning.compare import cell_text, plot_bars
 from mrcom_lightning.stats import holm, paired_p_value
-from mrcom_lightning.sweep import LAUNCH_OPTIONS, add_launch_arguments, cell_name, grid_run, run_cells, sweep_parser
+from mrcom_lightning.sweep import (LAUNCH_OPTIONS, add_launch_arguments, cell_name, check_launch_arguments, grid_run,
+                                   run_cells, sweep_parser)  # fmt: skip
 from mrcom_lightning.tracking import TEST_METRICS
 
 REFERENCE = "mrcom"
@@ -267,6 +268,7 @@ def study_main(argv: list[str]) -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; allowed: {list(VARIANTS)}")
+    check_launch_arguments(parser, args)
     root = Path(args.root)
     if args.report_only and not load_results(root, args.variants, args.seeds):
         parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -64,6 +65,18 @@ def sweep_parser() -> ArgumentParser:
 
 def cell_name(variant: str, seed: int) -> str:
     return f"{Path(variant).stem if variant else 'base'}-seed{seed}"
+
+
+def check_launch_arguments(parser: ArgumentParser, args) -> None:
+    """Refuses, before anything starts, a launch setting that cannot work."""
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.cpus_per_cell < 1 or args.gpus_per_cell < 0:
+        parser.error(f"--cpus_per_cell must be >= 1 and --gpus_per_cell >= 0, got {args.cpus_per_cell}, {args.gpus_per_cell}")
+    if args.address and args.launcher != "ray":
+        parser.error("--address is the Ray cluster of --launcher ray; add --launcher ray")
+    if args.launcher == "ray" and importlib.util.find_spec("ray") is None:
+        parser.error(launch.RAY_MISSING)
 
 
 MRCOM = [sys.executable, "-m", "mrcom_lightning.cli"]
@@ -132,7 +145,8 @@ def dataset_cells(args) -> list[launch.Cell]:
         if not (manifest.is_file() and launch.read_done(manifest).get("complete")):
             datasets.setdefault(str(root), settings)
     cells = []
-    slots = max(1, (args.workers or launch.default_workers(args.cpus_per_cell)) // max(1, len(datasets)))
+    cores = args.workers or (1 if args.address else launch.default_workers(args.cpus_per_cell))  # (a cluster's nodes: unknown)
+    slots = max(1, cores // max(1, len(datasets)))
     for root, settings in datasets.items():
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
         folder = Path(args.root) / f"dataset-{Path(root).name}-{digest}"
@@ -202,7 +216,9 @@ def warn_of_sqlite_on_a_cluster(args, uri: str) -> None:
 
 
 def sweep_main(argv: list[str]) -> None:
-    args = sweep_parser().parse_args(argv)
+    parser = sweep_parser()
+    args = parser.parse_args(argv)
+    check_launch_arguments(parser, args)
     if args.dry_run:
         return run_cells(args, None)
     name = "sweep-" + "+".join(Path(config).stem for config in args.base)
