@@ -30,24 +30,29 @@ def in_parallel_worker() -> bool:
     return os.environ.get(PARALLEL_WORKER_ENV, "") not in ("", "0")
 
 
+def given_cores() -> int:
+    """The cores this process may keep busy: `$OMP_NUM_THREADS` when a launcher set it (its share of
+    the machine), else 1 in a parallel worker, else every available core."""
+    given = os.environ.get(THREADS_ENV, "")
+    if given.isdigit() and int(given) >= 1:
+        return int(given)
+    return 1 if in_parallel_worker() else available_cores()
+
+
 def resolve_threads(threads: Threads) -> int:
-    """`threads` as a number: `auto` is `$OMP_NUM_THREADS` when a launcher set it, else 1 in a parallel
-    worker, else every available core."""
+    """`threads` as a number; `auto` is `given_cores()`."""
     if threads == AUTO:
-        given = os.environ.get(THREADS_ENV, "")
-        if given.isdigit() and int(given) >= 1:
-            return int(given)
-        return 1 if in_parallel_worker() else available_cores()
+        return given_cores()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be 'auto' or an integer >= 1, got {threads!r}")
     return threads
 
 
 def resolve_workers(workers: Threads, cells: int) -> int:
-    """Processes for `cells` independent jobs of one thread each: `auto` is one per available core
-    (at most one per cell), 1 in a parallel worker (its launcher fills the cores already)."""
+    """Processes for `cells` independent jobs of one thread each: `auto` is one per core given
+    (`given_cores()`), at most one per cell."""
     if workers == AUTO:
-        return max(1, min(cells, 1 if in_parallel_worker() else available_cores()))
+        return max(1, min(cells, given_cores()))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be 'auto' or an integer >= 1, got {workers!r}")
     return min(workers, max(1, cells))

@@ -89,8 +89,9 @@ def test_threads_auto_is_one_in_a_parallel_worker_or_what_its_launcher_gave(alon
     assert cli_threads("--threads", "auto") == 1
     assert threads.resolve_workers("auto", cells=6) == 1  # its launcher fills the cores already
     alone.setenv(threads.THREADS_ENV, "3")  # a launcher's cell of three cores
-    assert threads.resolve_threads("auto") == 3
+    assert threads.resolve_threads("auto") == 3 and threads.resolve_workers("auto", cells=6) == 3
     alone.delenv(threads.PARALLEL_WORKER_ENV)
+    alone.delenv(threads.THREADS_ENV)
     alone.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert threads.resolve_workers("auto", cells=6) == 4 and threads.resolve_workers("auto", cells=2) == 2
     with pytest.raises(ValueError, match="threads must be 'auto' or an integer >= 1, got 0"):
