@@ -1,8 +1,13 @@
-"""`mrcom sweep`: the grid of variants × seeds, each cell in its own folder, finished cells skipped."""
+"""`mrcom sweep`: the grid of variants × seeds, each cell in its own folder with its threads, finished cells
+skipped, a shared dataset collected once before the cells, launch settings checked (tests/test_launch.py runs them)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
+import yaml
 
 from mrcom_lightning.cli import main
 
@@ -31,3 +36,36 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(tmp_path, capsys
     assert f"skip {tmp_path / 'base-seed0'}" in out
     fit = next(line for line in out.splitlines() if " fit " in line)
     assert "base-seed1" in fit and fit.endswith("--ckpt_path last")
+
+
+def test_cells_state_their_threads_and_a_shared_dataset_is_collected_once(tmp_path, monkeypatch):
+    """Every cell's fit and test get `--threads <cpus_per_cell>`; the dataset every variant reads is
+    one `mrcom collect` cell (its settings merged from the configs and overrides), none once complete."""
+    from mrcom_lightning import sweep
+
+    monkeypatch.chdir(tmp_path)
+    args = sweep.sweep_parser().parse_args(
+        ["--base", "[configs/quick.yaml]", "--variants", "['', configs/baselines/rssm.yaml]", "--seeds", "[0, 1]",
+         "--root", "runs", "--cpus_per_cell", "2", "--workers", "1",
+         "--overrides", "[--data.dataset.root, data/tiny, --data.dataset.scenarios.num_train=1]"]
+    )  # fmt: skip
+    for _, steps in sweep.commands(args):
+        assert all(step[step.index("--threads") + 1] == "2" for step in steps)
+    (cell,) = sweep.dataset_cells(args)
+    (command,) = cell.args[0]
+    assert command[3:5] == ["collect", "--config"] and cell.cpus == 2
+    dataset = yaml.safe_load(Path(command[5]).read_text())["dataset"]
+    assert dataset["root"] == "data/tiny" and dataset["episode_steps"] == 100  # configs/quick.yaml's
+    assert dataset["scenarios"]["num_train"] == 1 and dataset["scenarios"]["domains"] == ["cheetah", "hopper", "walker"]
+    Path("data/tiny").mkdir(parents=True)
+    Path("data/tiny/dataset.json").write_text(json.dumps({"complete": True}))
+    assert sweep.dataset_cells(args) == []
+
+
+def test_launch_settings_that_cannot_work_are_usage_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--workers", "0"])
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--address", "auto"])
+    assert "add --launcher ray" in capsys.readouterr().err
