@@ -196,6 +196,10 @@ def run_cells(args, parent_run_id: str | None) -> launch.Summary | None:
             for command in steps:
                 print("$ " + " ".join(command[1:]), flush=True)
         return None
+    uri = logger_settings(args.base, args.overrides)["tracking_uri"]
+    if args.launcher == "ray" and args.address and tracking.sqlite_file(uri) is not None:
+        print(f"mrcom sweep: cells on a Ray cluster log to the SQLite store {uri}; SQLite on a shared file system "
+              "is not safe across nodes: log to an MLflow tracking server instead (docs/grids.md)", file=sys.stderr)  # fmt: skip
     options = {key: getattr(args, key) for key in ("workers", "launcher", "address")}
     datasets = dataset_cells(args)
     prepared = launch.run_cells(datasets, launch.run_commands, skip_done=False, label="datasets", **options)
@@ -209,12 +213,6 @@ def run_cells(args, parent_run_id: str | None) -> launch.Summary | None:
     return launch.run_cells(cells, launch.run_commands, label=f"{Path(args.root).name} cells", **options)
 
 
-def warn_of_sqlite_on_a_cluster(args, uri: str) -> None:
-    if args.launcher == "ray" and args.address and tracking.sqlite_file(uri) is not None:
-        print(f"mrcom sweep: cells on a Ray cluster log to the SQLite store {uri}; SQLite on a shared file system "
-              "is not safe across nodes: log to an MLflow tracking server instead (docs/grids.md)", file=sys.stderr)  # fmt: skip
-
-
 def sweep_main(argv: list[str]) -> None:
     parser = sweep_parser()
     args = parser.parse_args(argv)
@@ -223,8 +221,7 @@ def sweep_main(argv: list[str]) -> None:
         return run_cells(args, None)
     name = "sweep-" + "+".join(Path(config).stem for config in args.base)
     params = {key: json.dumps(getattr(args, key)) for key in ("base", "variants", "seeds", "overrides")}
-    with grid_run(Path(args.root), args.base, args.overrides, name, params | {"root": args.root}) as (uri, run_id):
-        warn_of_sqlite_on_a_cluster(args, uri)
+    with grid_run(Path(args.root), args.base, args.overrides, name, params | {"root": args.root}) as (_, run_id):
         summary = run_cells(args, run_id)
         if summary.failed:
             raise SystemExit(1)
