@@ -511,7 +511,7 @@ def test_the_safeguard_measures_the_rollouts_the_agent_gets(monkeypatch, anchor)
     original_imagine, original_errors = loop.imagine, rounds.open_loop_errors
 
     def recording_imagine(*args):
-        calls.append(("imagine", args[-3:]))
+        calls.append(("imagine", args[-4:-1]))  # (anchor, anchor_reward, imagination); the last is the start
         return original_imagine(*args)
 
     def recording_errors(*args):
@@ -700,7 +700,7 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
 
     summary = {"score": 1.0, "real_steps": 60.0, "imagined_share": 0.0}
     assert metrics == {f"adapt/val/{d}-0/{k}": v for d in ("hopper", "cheetah") for k, v in summary.items()}
-    assert logged == [(metrics, 7)]
+    assert logged == [(metrics | {"adapt/seconds": logged[0][0]["adapt/seconds"]}, 7)]
     assert len(starts) == 2 and all(changed(before, start) == [] for start in starts)
     assert changed(before, model.state_dict()) == []  # training never sees the adaptation
 

@@ -209,6 +209,27 @@ def test_baseline_adapts_a_few_steps(name):
     assert np.isfinite(result.score) and result.imagined > 0
 
 
+def test_mamba_adapts_from_states_inferred_over_the_whole_real_history(monkeypatch):
+    """Adaptation's rollouts of a MAMBA model start at states inferred over every real episode so far
+    (`WorldModel.start_from_history`), not at the ends of short windows."""
+    model = tiny_baseline("mamba", dims={"hopper": (15, 4), "cheetah": (17, 6)}).eval()
+    calls = []
+    original = type(model.world_model).start_from_history
+
+    def recording(world_model, batch, positions, *args):
+        calls.append((batch["obs"].shape, list(positions)))
+        return original(world_model, batch, positions, *args)
+
+    monkeypatch.setattr(type(model.world_model), "start_from_history", recording)
+    config = TINY_ADAPT.replace(**{"safeguard.enabled": False, "fine_tune.enabled": False})
+    result = adapt(ScenarioSpec("hopper", target_speed=0.5, seed=3), config, model, use_model=True, seed=0, progress=False)
+    assert result.imagined > 0 and len(calls) == 4  # one per rollout round
+    (rows, length, _), positions = calls[-1]
+    # The last round comes at real step 51: 30 + 21 transitions of two episodes, the joining step, and o_0.
+    assert rows == 1 and length == 51 + 1 + 1
+    assert len(positions) == config.rollout.starts and all(1 <= p < length for p in positions)
+
+
 @pytest.mark.slow
 def test_baselines_fit_through_mrcom_fit(tmp_path_factory):
     root = tmp_path_factory.mktemp("baselines")

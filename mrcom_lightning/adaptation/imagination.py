@@ -48,6 +48,7 @@ def imagine(
     anchor: bool = False,
     anchor_reward: bool = False,
     imagination: str = "model",
+    start: ImaginedState | None = None,
 ) -> dict[str, torch.Tensor]:
     """Rollouts of `horizon` steps from the latent states at the end of real windows.
 
@@ -70,13 +71,18 @@ def imagine(
     `obs, action, reward, next_obs, done` (done is 0: DMC episodes have a fixed length),
     `disagreement` and `step` (h = 0..H−1). Runs without gradients: the world model is held out
     of policy learning.
+
+    `start` gives the start states instead (e.g. `WorldModel.start_from_history`, MAMBA's states
+    inferred over the whole real history); `batch` then only supplies the domain and padded sizes.
     """
-    predictions = world_model.predict(batch)
-    start = world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward)
+    if start is None:
+        predictions = world_model.predict(batch)
+        start = world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward)
+    starts = start.obs.shape[0]
+    start_domain = batch["domain"][:1].expand(starts) if len(batch["domain"]) != starts else batch["domain"]
     start = _repeated(_with_imagination(start, imagination), samples)
-    domain = batch["domain"].repeat_interleave(samples)
+    domain = start_domain.repeat_interleave(samples)
     act_max = batch["action"].shape[-1]
-    starts = batch["domain"].shape[0]
 
     def shared_policy(obs: torch.Tensor) -> torch.Tensor:
         first = obs.view(starts, samples, -1)[:, 0, :obs_dim]
@@ -86,7 +92,7 @@ def imagine(
     rollout = world_model.rollout(start, shared_policy, horizon, domain)
     normalised = world_model.normalize_obs(rollout.next_obs, domain).view(starts, samples, horizon, -1)
     if samples > 1:
-        obs_spread = masked_mean(normalised.std(1), world_model.obs_mask[batch["domain"]])  # [N, H]
+        obs_spread = masked_mean(normalised.std(1), world_model.obs_mask[start_domain])  # [N, H]
         reward_spread = rollout.reward.view(starts, samples, horizon).std(1)
         disagreement = (obs_spread + reward_spread)[:, None].expand(starts, samples, horizon)
     else:

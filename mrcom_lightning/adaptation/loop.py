@@ -40,6 +40,7 @@ from mrcom_lightning.adaptation.rounds import (
 )
 from mrcom_lightning.adaptation.settings import AdaptationConfig
 from mrcom_lightning.agents import SAC, ReplayBuffer, evaluate
+from mrcom_lightning.datamodules import meta_episode_batch
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
 
@@ -209,11 +210,11 @@ class ModelStage:
         if horizon == 0:  # nothing the model says is trusted now
             self.pool = ReplayBuffer(self.obs_dim, self.act_dim, self.pool_size)
             return logged | {"charts/model_pool": 0}
-        batch = history.model_batch(self.module, self.domain, rollout.starts, config.history_length, self.window_rng,
-                                    self.device)
+        batch, start = self.starts(history)
         if batch is not None:
             rollouts = imagine(self.module.world_model, batch, self.policy, horizon, self.obs_dim, self.act_dim,
-                               rollout.samples, rollout.anchor_observations, rollout.anchor_rewards, rollout.imagination)
+                               rollout.samples, rollout.anchor_observations, rollout.anchor_rewards, rollout.imagination,
+                               start)
             kept = imagined_transitions(rollouts, rollout, horizon)
             self.pool.add(*(kept[k] for k in ("obs", "action", "reward", "next_obs", "done")))
             self.imagined += len(kept["reward"])
@@ -223,6 +224,23 @@ class ModelStage:
             if len(kept["reward"]):  # beside charts/real_reward: the model's optimism
                 logged["charts/imagined_reward"] = float(kept["reward"].mean())
         return logged | {"charts/model_pool": len(self.pool)}
+
+    def starts(self, history: RealHistory):
+        """Where rollouts start: the ends of real windows of `history_length` transitions (the batch;
+        states computed by `imagine`), or, for a model that infers its state over whole meta-episodes
+        (MAMBA), states inferred over the entire real history so far at uniformly drawn real steps."""
+        rollout, module = self.config.rollout, self.module
+        if not module.world_model.config.previous_step_encoder:
+            return history.model_batch(module, self.domain, rollout.starts, self.config.history_length, self.window_rng,
+                                       self.device), None
+        episodes = history.all_episodes()
+        if sum(len(e["action"]) for e in episodes) < 1:
+            return None, None
+        joined = meta_episode_batch(episodes, self.domain, max(module.obs_dims), max(module.act_dims),
+                                    module.world_model.config.context_length, self.device)
+        positions = self.window_rng.integers(1, joined["obs"].shape[1], rollout.starts)
+        start = module.world_model.start_from_history(joined, positions, rollout.anchor_observations, rollout.anchor_rewards)
+        return joined, start
 
     def errors_where_the_policy_goes(self, history: RealHistory, newest: int) -> dict[str, float]:
         """`charts/model_error/...` on the newest `newest` real transitions, without touching any RNG of the run."""
