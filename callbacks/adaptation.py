@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -19,7 +21,8 @@ class ScenarioAdaptation(L.Callback):
     `adapt/<split>/<domain>-<index>/score` (and, with `baseline`, `.../sac_score`), with the run's
     summary: `.../real_steps`, `.../imagined_share` (mean share of imagined rows in SAC's batches)
     and `.../model_error_obs_h1` / `.../model_error_reward_h1_over_naive` (the model's one-step errors
-    where the final policy goes, in units of the naive forecast's; `charts/model_error/...`).
+    where the final policy goes, in units of the naive forecast's; `charts/model_error/...`), and
+    `adapt/seconds`, the wall time of all its runs.
     During `test` the targets of the test splits are adapted to, with plain SAC beside them
     (`test_baseline`), and both scores are printed with the number of real steps.
     The runs (each target, with the model and, with a baseline, without) go side by side, one
@@ -74,9 +77,12 @@ class ScenarioAdaptation(L.Callback):
         targets = resolve_targets(trainer.datamodule.hparams.dataset.scenarios, selectors)
         runs = [AdaptationRun(name, spec, use_model, self.seed) for name, spec in targets.items()
                 for use_model in ((True, False) if baseline else (True,))]  # fmt: skip
+        workers = resolve_workers(self.workers, len(runs))
+        start = time.perf_counter()
         # One copy of the model for every run (each adapts a copy of its own): training never sees it.
-        results = adapt_all(runs, self.adaptation, pl_module.eager_copy(), workers=resolve_workers(self.workers, len(runs)),
+        results = adapt_all(runs, self.adaptation, pl_module.eager_copy(), workers=workers,
                             progress=getattr(trainer, "progress_bar_callback", None) is not None)  # fmt: skip
+        seconds = time.perf_counter() - start
         metrics = {}
         for run, result in zip(runs, results):
             name = run.name
@@ -95,8 +101,9 @@ class ScenarioAdaptation(L.Callback):
             if f"adapt/{name}/sac_score" in metrics:
                 text += f", SAC {metrics[f'adapt/{name}/sac_score']:.2f}"
             rank_zero_info(text)
+        rank_zero_info(f"adapted {len(runs)} runs in {seconds:.1f} s on {workers} processes")
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(metrics | {"adapt/seconds": seconds}, step=trainer.global_step)
         return metrics
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
