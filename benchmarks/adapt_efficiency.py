@@ -71,22 +71,21 @@ from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
 from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
 from mrcom_lightning.adaptation.loop import collapsed  # noqa: E402
-from mrcom_lightning.agents import SACConfig  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
 from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
-from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 from mrcom_lightning.stats import holm, paired_p_value  # noqa: E402
-from mrcom_lightning.training import fit_observation_statistics  # noqa: E402
+from mrcom_lightning.training import fit_observation_statistics, save_checkpoint  # noqa: E402
 
-REDUCED = WorldModelConfig(
-    embed_dim=64, hidden_dim=128, stochastic_dim=32, deterministic_dim=64, auxiliary_dim=8, context_length=8, heads=4, reward_bins=63
-)
 RESULTS = Path(__file__).resolve().parent / "results"
-SMOKE = dict(train_scenarios=2, behaviour="random", episodes_per_scenario=2, episode_steps=100, wm_steps=20,
-             env_steps=300, warmup_steps=100, eval_every=100, eval_episodes=1, seeds="0,1", world_models=2)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "adapt"
+SMOKE = dict(seeds="0,1", world_models=2)
+# --smoke: tiny data, model and budget over the configs' settings.
+SMOKE_DATA = {"behaviour": "random", "episodes_per_scenario": 2, "episode_steps": 100, "scenarios.num_train": 2}
+SMOKE_LOOP = {"env_steps": 300, "episode_steps": 100, "eval_every": 100, "eval_episodes": 1, "history_length": 8,
+              "rollout.every": 50, "rollout.starts": 50, "sac.warmup_steps": 100, "sac.hidden_dim": 64, "sac.batch_size": 64}
 TARGETS = {  # which scenarios of the set, and the seeds reported on them
     "tuning": {"targets": [("test_id", 0)], "seeds": "0,1,2"},
     "test": {"targets": [("test_id", 1), ("test_ood", 0)], "seeds": "10,11,12,13,14"},
@@ -101,27 +100,17 @@ MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "eval_every", "eval_episodes"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="test", choices=sorted(TARGETS), help="held-out test targets or the tuning ones")
-    parser.add_argument("--domains", default="cheetah,walker", help="comma-separated; every domain's data trains the model")
     parser.add_argument("--adapt-domains", default=None, help="adapt to these domains' targets only (default: all)")
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated subset (default: mrcom and {', '.join(CONTROLS)}; on tuning targets also "
                              f"{', '.join(DIAGNOSTICS)})")
     parser.add_argument("--seeds", default=None, help="comma-separated adaptation seeds (default: the targets' own)")
     parser.add_argument("--world-models", type=int, default=2, help="world models (and datasets) trained with seeds 0..n-1")
-    parser.add_argument("--target-speed", type=float, default=0.2, help="centre of the speed range (fraction of the max)")
-    parser.add_argument("--alpha", type=float, default=0.1, help="torso scale half-width of the training scenarios")
-    parser.add_argument("--beta", type=float, default=0.05, help="speed half-width of the training scenarios")
-    parser.add_argument("--train-scenarios", type=int, default=4, help="per domain")
-    parser.add_argument("--behaviour", default="sac", choices=["sac", "random"], help="behaviour policy of the data")
-    parser.add_argument("--sac-steps", type=int, default=20_000, help="steps of each domain's behaviour agent")
-    parser.add_argument("--episodes-per-scenario", type=int, default=4, help="per training scenario and policy")
-    parser.add_argument("--episode-steps", type=int, default=250, help="steps per episode, data and adaptation")
-    parser.add_argument("--wm-steps", type=int, default=10_000, help="world-model gradient steps")
-    parser.add_argument("--wm-lr", type=float, default=1e-3)
-    parser.add_argument("--env-steps", type=int, default=5_000, help="real steps of each adaptation (the budget)")
-    parser.add_argument("--warmup-steps", type=int, default=1000)
-    parser.add_argument("--eval-every", type=int, default=500, help="real steps between evaluations (the curves)")
-    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--world-model-config", default=str(CONFIGS / "world_model.yaml"),
+                        help="data, world model and its training (configs/adapt/world_model.yaml)")
+    parser.add_argument("--loop-config", default=str(CONFIGS / "loop.yaml"),
+                        help="the adaptation loop, as `mrcom adapt --config` reads it (configs/adapt/loop.yaml)")
+    parser.add_argument("--env-steps", type=int, default=None, help="override the loop config's adaptation.env_steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an AdaptationConfig field of the model methods (repeatable), e.g. real_ratio=0.2")
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, models, runs and plots")
@@ -163,14 +152,42 @@ def changes(pairs: list[str]) -> dict:
     return out
 
 
-def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
-    """(uses the model, settings) of each method: the model methods share the loop's settings, the
-    model-free controls make plain SAC's or MrCoM's number of updates per real step."""
-    base = AdaptationConfig().replace(env_steps=args.env_steps, episode_steps=args.episode_steps, eval_every=args.eval_every,
-                                      eval_episodes=args.eval_episodes, **{"sac.warmup_steps": args.warmup_steps})
+def read_world_model_config(args: argparse.Namespace) -> tuple[DatasetConfig, WorldModelConfig, argparse.Namespace]:
+    """The data, the world model and its training budget of `--world-model-config` (with --smoke's tiny values)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(DatasetConfig, "dataset")
+    parser.add_class_arguments(WorldModelConfig, "world_model")
+    for name, kind in (("steps", int), ("lr", float), ("batch_size", int), ("sequence_length", int)):
+        parser.add_argument(f"--training.{name}", type=kind, required=True)
+    settings = parser.instantiate_classes(parser.parse_path(args.world_model_config))
+    dataset, training = settings.dataset, settings.training
     if args.smoke:
-        base = base.replace(history_length=8, **{"rollout.every": 50, "rollout.starts": 50, "sac.hidden_dim": 64,
-                                                 "sac.batch_size": 64})
+        scenarios = dataclasses.replace(dataset.scenarios, num_train=SMOKE_DATA["scenarios.num_train"])
+        dataset = dataclasses.replace(dataset, scenarios=scenarios,
+                                      **{k: v for k, v in SMOKE_DATA.items() if "." not in k})
+        training.steps = 20
+    return dataset, settings.world_model, training
+
+
+def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
+    """`--loop-config` through `mrcom adapt`'s own parser: the settings `mrcom adapt --config` runs with."""
+    from mrcom_lightning.adaptation.cli import adapt_parser
+
+    parser = adapt_parser()
+    loop = parser.instantiate_classes(parser.parse_args(["--config", args.loop_config, "--ckpt_path", "-"])).adaptation
+    if args.smoke:
+        loop = loop.replace(**SMOKE_LOOP)
+    if args.env_steps is not None:
+        loop = loop.replace(env_steps=args.env_steps)
+    return loop
+
+
+def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
+    """(uses the model, settings) of each method: the model methods run the loop config's settings
+    (with `--set`), the model-free controls make plain SAC's or MrCoM's number of updates per real step."""
+    base = read_loop_config(args)
     loop = base.replace(**changes(args.set))
     utd = {"sac.updates_per_step": loop.sac.updates_per_step + loop.replay.model_updates_per_step}
     configs = {
@@ -184,23 +201,10 @@ def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, Adaptation
     return {method: configs[method] for method in args.methods}
 
 
-def scenario_set(args: argparse.Namespace, domains: tuple[str, ...]) -> MetaScenarioSet:
-    """Training scenarios around the targets; `test_id[0]` is the tuning target, `test_id[1]` and
-    `test_ood[0]` the held-out ones (each split draws from its own stream: adding a split or a
-    scenario leaves the others unchanged)."""
-    speed = args.target_speed
-    return MetaScenarioSet(
-        domains=domains, alpha=args.alpha, beta=(speed - args.beta, speed + args.beta),
-        num_train=args.train_scenarios, num_val=0, num_test_id=2, num_test_ood=1,
-    )
-
-
-def dataset_config(args: argparse.Namespace, scenarios: MetaScenarioSet, seed: int) -> DatasetConfig:
-    return DatasetConfig(
-        root=str(Path(args.out) / f"data-seed{seed}"), scenarios=scenarios, behaviour=args.behaviour,
-        episodes_per_scenario=args.episodes_per_scenario, test_episodes_per_scenario=2, episode_steps=args.episode_steps,
-        train_agents=True, sac_steps=args.sac_steps, sac=SACConfig(warmup_steps=min(2000, args.sac_steps // 4)), seed=seed,
-    )
+def dataset_config(args: argparse.Namespace, seed: int) -> DatasetConfig:
+    """World-model seed `seed`'s dataset: the config's, collected with that seed into `--out/data-seed<seed>`."""
+    dataset, _, _ = read_world_model_config(args)
+    return dataclasses.replace(dataset, root=str(Path(args.out) / f"data-seed{seed}"), seed=seed)
 
 
 def digest(value) -> str:
@@ -239,15 +243,17 @@ def weights_digest(module: torch.nn.Module) -> str:
 def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> tuple[MrCoM, dict]:
     """The MrCoM trained on `dataset` with `seed`, loaded from `--out/model-<digest>.pt` when one with
     the same settings was trained before; and its provenance (settings, weights and data digests)."""
-    config = REDUCED
-    key = {"dataset": dataset.to_dict(), "wm_steps": args.wm_steps, "wm_lr": args.wm_lr,
+    _, config, training = read_world_model_config(args)
+    key = {"dataset": dataset.to_dict(), "wm_steps": training.steps, "wm_lr": training.lr,
            "model": dataclasses.asdict(config), "seed": seed, "code": code_digest()}
+    if (training.batch_size, training.sequence_length) != (32, 16):  # (the recorded runs' keys hold neither)
+        key |= {"batch_size": training.batch_size, "sequence_length": training.sequence_length}
     settings = digest(key)
     path = Path(args.out) / f"model-{settings}.pt"
-    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=config.context_length,
-                                         batch_size=32, seed=seed)
+    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=training.sequence_length,
+                                         prompt_length=config.context_length, batch_size=training.batch_size, seed=seed)
     torch.manual_seed(seed)
-    module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=args.wm_lr)
+    module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios, lr=training.lr)
     how = f"loaded from {path}"
     saved = torch.load(path, weights_only=True) if path.exists() else None  # plain settings and tensors
     if saved is not None and saved["key"] == key:
@@ -255,20 +261,22 @@ def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> 
     else:
         fit_observation_statistics(module, datamodule)
         start = time.perf_counter()
-        losses = train_world_model(module, iter(datamodule.train_stream()), args.wm_steps)
+        losses = train_world_model(module, iter(datamodule.train_stream()), training.steps)
         torch.save({"key": key, "state_dict": module.state_dict()}, path)
-        how = f"{args.wm_steps} steps in {time.perf_counter() - start:.0f}s, last losses " + str(
+        how = f"{training.steps} steps in {time.perf_counter() - start:.0f}s, last losses " + str(
             {name: round(value, 3) for name, value in losses.items()})
     provenance = {"world_model_seed": seed, "model_settings": settings, "model_weights": weights_digest(module),
                   "data": data_digest(dataset)}
+    # The same model as a checkpoint for `mrcom adapt --config configs/adapt/loop.yaml --ckpt_path ...`.
+    save_checkpoint(module, datamodule, Path(args.out) / f"world-model-seed{seed}.ckpt")
     return module.eval(), provenance | {"how": how}
 
 
-def prepare(task: tuple[argparse.Namespace, MetaScenarioSet, int]) -> str:
+def prepare(task: tuple[argparse.Namespace, int]) -> str:
     """Collects one world-model seed's data and trains its model (saved for `world_model` to load)."""
-    args, scenarios, seed = task
+    args, seed = task
     torch.set_num_threads(args.threads)
-    dataset = dataset_config(args, scenarios, seed)
+    dataset = dataset_config(args, seed)
     collect(dataset, progress=args.progress)
     return world_model(args, dataset, seed)[1]["how"]
 
@@ -445,13 +453,13 @@ def log_to_mlflow(args: argparse.Namespace, out: Path, files: list[Path], last: 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    domains = tuple(args.domains.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    scenarios = scenario_set(args, domains)
-    preparations = [(args, scenarios, seed) for seed in range(args.world_models)]
+    scenarios = dataset_config(args, 0).scenarios
+    domains = tuple(scenarios.domains)
+    preparations = [(args, seed) for seed in range(args.world_models)]
     if not any(uses for uses, _ in method_configs(args).values()):
         preparations = []
     if args.jobs > 1 and args.device == "cpu" and len(preparations) > 1:
@@ -461,7 +469,7 @@ def main() -> None:
         hows = [prepare(task) for task in preparations]
     models, provenance = [], []
     for seed, how in enumerate(hows):
-        module, record = world_model(args, dataset_config(args, scenarios, seed), seed)  # loads what `prepare` saved
+        module, record = world_model(args, dataset_config(args, seed), seed)  # loads what `prepare` saved
         models.append(module)
         provenance.append({k: v for k, v in record.items() if k != "how"})
         print(f"world model {seed}: {how}; digests {provenance[-1]}", flush=True)
@@ -475,7 +483,7 @@ def main() -> None:
     for name, spec in targets.items():
         print(f"target {name}: {spec}")
         for seed, module in enumerate(models):
-            e = target_errors(module, dataset_config(args, scenarios, seed), spec)
+            e = target_errors(module, dataset_config(args, seed), spec)
             print(f"  world model {seed} on its held-out episodes, anchored h=1 (naive): observation per dim "
                   f"{e['obs_h1']:.2f} ({e['naive_obs_h1']:.2f}), reward {e['reward_h1']:.5f} ({e['naive_reward_h1']:.5f})")
     configs = method_configs(args)

@@ -118,16 +118,17 @@ def main() -> None:
     torch.set_num_threads(1)
     base = bench.parse_args([])  # adapt_efficiency's defaults: the same data
     base.out = args.out
-    dataset = bench.dataset_config(base, bench.scenario_set(base, tuple(base.domains.split(","))), seed=0)
+    dataset = bench.dataset_config(base, seed=0)
+    _, reduced, _ = bench.read_world_model_config(base)
     collect(dataset, progress=False)
     store = EpisodeStore(dataset.root)
-    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=bench.REDUCED.context_length,
+    datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=16, prompt_length=reduced.context_length,
                                          batch_size=32)
     anchored_h1: dict[str, list[float]] = {}  # per variant: per seed, the mean over domains
     runs = [(name, kwargs, int(seed)) for seed in args.seeds.split(",") for name, kwargs in json.loads(args.variants).items()]
     for name, kwargs, seed in runs:
         kwargs = dict(kwargs)
-        config = dataclasses.replace(bench.REDUCED, **kwargs.pop("wm", {}))
+        config = dataclasses.replace(reduced, **kwargs.pop("wm", {}))
         torch.manual_seed(seed)
         module = MrCoM(world_model=config, domain_dims=datamodule.domain_dims, num_scenarios=datamodule.num_scenarios,
                        lr=base.wm_lr, **kwargs)

@@ -34,3 +34,28 @@ def fit_observation_statistics(module, datamodule) -> None:
     if module.world_model.config.obs_normalization == "standardize":
         datamodule.setup("fit")
         module.world_model.set_observation_statistics(*datamodule.observation_statistics())
+
+
+def save_checkpoint(module, datamodule, path) -> None:
+    """A model trained outside Lightning as a checkpoint that `mrcom test`, `mrcom adapt` and
+    `MrCoM.load_from_checkpoint` read like one `mrcom fit` wrote: weights, the model's and the
+    datamodule's settings (which carry the meta-scenario set that `--target` names). Written
+    atomically."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import lightning
+
+    path = Path(path)
+    checkpoint = {
+        "pytorch-lightning_version": lightning.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "datamodule_hyper_parameters": dict(datamodule.hparams),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)

@@ -40,3 +40,45 @@ def test_the_adaptation_benchmark_runs_every_method_and_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every run is stored: none reruns
     assert again.returncode == 0 and "  ran " not in again.stdout
     assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
+
+    # What ships is what was measured: `mrcom adapt` with the loop config (and --smoke's tiny values as
+    # overrides) on the benchmark's own world model repeats the benchmark's MrCoM run of seed 0.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_efficiency
+
+    overrides = [item for key, value in adapt_efficiency.SMOKE_LOOP.items() for item in (f"--adaptation.{key}", str(value))]
+    adapt = subprocess.run(
+        [sys.executable, "-m", "mrcom_lightning.cli", "adapt", "--config", str(ROOT / "configs" / "adapt" / "loop.yaml"),
+         "--ckpt_path", str(out / "world-model-seed0.ckpt"), "--target", "[test_id/cheetah/0]", "--seeds", "[0]",
+         "--progress", "false", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert adapt.returncode == 0, adapt.stderr[-3000:]
+    row = adapt.stdout.strip().splitlines()[-1].split()
+    assert row[:3] == ["test_id/cheetah-0", "mrcom", "0"]
+    recorded = json.loads(next(p for p in runs if p.parent.name.startswith("mrcom-") and p.name.endswith("seed0.json")).read_text())
+    assert float(row[3]) == pytest.approx(recorded["scores"][-1], abs=0.005)
+
+
+def test_the_benchmark_reads_the_shipped_configs_into_the_settings_it_runs():
+    """configs/adapt/*.yaml parse into the benchmark's settings: the loop through `mrcom adapt`'s own
+    parser (so `mrcom adapt --config configs/adapt/loop.yaml` runs exactly these), every control
+    derived from it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_efficiency
+
+    from mrcom_lightning.adaptation import AdaptationConfig
+
+    args = adapt_efficiency.parse_args([])
+    configs = adapt_efficiency.method_configs(args)
+    loop = configs["mrcom"][1]
+    assert loop == AdaptationConfig().replace(env_steps=5000, episode_steps=250, eval_every=500, eval_episodes=5,
+                                              **{"sac.warmup_steps": 1000})
+    assert configs["null"][1] == loop.replace(**{"rollout.imagination": "null"})
+    assert configs["sac"][1].sac.updates_per_step == 1 and configs["sac_utd"][1].sac.updates_per_step == 8
+    assert configs["droq"][1].sac.critic_dropout == 0.01 and configs["droq"][1].sac.critic_layer_norm
+    assert {method: uses for method, (uses, _) in configs.items()} == {
+        "mrcom": True, "null": True, "sac": False, "sac_utd": False, "droq": False}
+    dataset, world_model, training = adapt_efficiency.read_world_model_config(args)
+    assert dataset.scenarios.domains == ("cheetah", "walker") and training.steps == 10_000
+    assert world_model.embed_dim == 64 and world_model.context_length == 8
