@@ -220,9 +220,9 @@ def data_digest(dataset: DatasetConfig) -> str:
     return sha.hexdigest()[:10]
 
 
-def code_digest() -> str:
-    """The source of what trains the model and runs the adaptation: a run stored under other code is
-    not reused (a model or loop change means new runs)."""
+def _code_digest() -> str:
+    """The source of what trains the model and runs the adaptation, as this process loaded it: a run
+    stored under other code is not reused (a model or loop change means new runs)."""
     package = Path(__import__("mrcom_lightning").__file__).parent
     sha = hashlib.sha1()
     for folder in ("models", "adaptation", "agents"):
@@ -230,6 +230,13 @@ def code_digest() -> str:
             sha.update(path.read_bytes())
     sha.update((Path(__file__).parent / "common.py").read_bytes())
     return sha.hexdigest()[:10]
+
+
+CODE = _code_digest()  # once, at import: files edited while the benchmark runs do not change what it runs
+
+
+def code_digest() -> str:
+    return CODE
 
 
 def weights_digest(module: torch.nn.Module) -> str:
