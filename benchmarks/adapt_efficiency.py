@@ -224,11 +224,12 @@ def _code_digest() -> str:
     """The source of what trains the model and runs the adaptation, as this process loaded it: a run
     stored under other code is not reused (a model or loop change means new runs)."""
     package = Path(__import__("mrcom_lightning").__file__).parent
+    sources = [*sorted((package / "models").glob("*.py")), *sorted((package / "agents").glob("*.py")),
+               *(package / "adaptation" / f"{name}.py" for name in ("loop", "rounds", "settings", "imagination", "history")),
+               package / "training.py", Path(__file__).parent / "common.py"]
     sha = hashlib.sha1()
-    for folder in ("models", "adaptation", "agents"):
-        for path in sorted((package / folder).glob("*.py")):
-            sha.update(path.read_bytes())
-    sha.update((Path(__file__).parent / "common.py").read_bytes())
+    for path in sources:
+        sha.update(path.read_bytes())
     return sha.hexdigest()[:10]
 
 
