@@ -120,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each a process (CPU: one per core)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow store of the report ('' for none)")
     parser.add_argument("--progress", action="store_true", help="show each run's progress bar")
+    parser.add_argument("--report-only", action="store_true",
+                        help="report the runs stored so far (the seeds every method finished), run nothing")
     args = parser.parse_args(argv)
     if args.smoke:  # tiny values for every option left at its default
         for key, value in SMOKE.items():
@@ -248,14 +250,21 @@ def weights_digest(module: torch.nn.Module) -> str:
     return sha.hexdigest()[:10]
 
 
-def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> tuple[MrCoM, dict]:
-    """The MrCoM trained on `dataset` with `seed`, loaded from `--out/model-<digest>.pt` when one with
-    the same settings was trained before; and its provenance (settings, weights and data digests)."""
+def model_key(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> dict:
+    """What a world model is trained from; its digest names the model file and enters every run's key."""
     _, config, training = read_world_model_config(args)
     key = {"dataset": dataset.to_dict(), "wm_steps": training.steps, "wm_lr": training.lr,
            "model": dataclasses.asdict(config), "seed": seed, "code": code_digest()}
     if (training.batch_size, training.sequence_length) != (32, 16):  # (the recorded runs' keys hold neither)
         key |= {"batch_size": training.batch_size, "sequence_length": training.sequence_length}
+    return key
+
+
+def world_model(args: argparse.Namespace, dataset: DatasetConfig, seed: int) -> tuple[MrCoM, dict]:
+    """The MrCoM trained on `dataset` with `seed`, loaded from `--out/model-<digest>.pt` when one with
+    the same settings was trained before; and its provenance (settings, weights and data digests)."""
+    _, config, training = read_world_model_config(args)
+    key = model_key(args, dataset, seed)
     settings = digest(key)
     path = Path(args.out) / f"model-{settings}.pt"
     datamodule = MultiScenarioDataModule(dataset=dataset, sequence_length=training.sequence_length,
@@ -346,11 +355,36 @@ def run_task(task: tuple[str, str, int]) -> dict:
 
 
 def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict:
-    """Every run, `jobs` processes at once (forked: the models are shared, not copied over)."""
-    if jobs <= 1 or len(tasks) <= 1 or _SHARED["args"].device != "cpu":  # CUDA does not survive a fork
-        return {task: run_task(task) for task in tasks}
-    with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks))) as pool:
-        return dict(zip(tasks, pool.map(run_task, tasks, chunksize=1)))
+    """Every run not stored yet, `jobs` at once through the project's launcher (`launch.run_cells`,
+    forked workers: the models are shared, not copied; each run's output in `--out/cells/<run>/cell.log`,
+    one progress line over the grid, a failed run reported without stopping the others)."""
+    from mrcom_lightning.launch import Cell, run_cells
+
+    args = _SHARED["args"]
+    cells = [Cell(f"{m}-{t.replace('/', '-')}-seed{s}", _SHARED["out"] / "cells" / f"{m}-{t.replace('/', '-')}-seed{s}",
+                  ((m, t, s),), cpus=args.threads) for m, t, s in tasks]
+    workers = jobs if args.device == "cpu" else 1  # CUDA does not survive a fork
+    summary = run_cells(cells, run_task, workers=workers, start_method="fork", skip_done=False, label="adapt_efficiency")
+    return {task: summary.results[cell.name] for task, cell in zip(tasks, cells) if cell.name in summary.results}
+
+
+def stored_records(args: argparse.Namespace, configs: dict, scenarios_digests: dict[int, str]) -> dict:
+    """The runs stored under `--out/runs/` that this code and these settings would make, found without
+    a world model (`--report-only`): same code digest, same loop settings, and for the model methods the
+    world model of the seed's index with the expected settings digest."""
+    found = {}
+    for path in sorted((Path(args.out) / "runs").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        method = record.get("method")
+        if method not in configs or record.get("code") != CODE or record.get("settings") != repr(configs[method][1]):
+            continue
+        if configs[method][0]:
+            provenance = record.get("provenance", {})
+            index = record["seed"] % args.world_models
+            if provenance.get("world_model_seed") != index or provenance.get("model_settings") != scenarios_digests[index]:
+                continue
+        found[method, record["target"], record["seed"]] = record
+    return found
 
 
 ERROR_PANELS = {"charts/model_error/obs_h1": "model's one-step obs error\n(per dim, naive = 1)",
@@ -396,12 +430,14 @@ def plot(path: Path, curves: dict, errors: dict, targets: list[str]) -> None:
 def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> tuple[str, list[str], dict, dict]:
     """The markdown tables, the last lines, the score curves and the model's error curves."""
     lines = ["| target | method | final | mean over the curve | worst seed | collapsed | n |", "|---|---|---|---|---|---|---|"]
-    curves: dict[str, dict] = {t: {} for t in target_names}
-    errors: dict[str, dict] = {t: {} for t in target_names}
     finals: dict[tuple[str, str], list[float]] = {}
+    complete = {t: [s for s in args.seeds if all((m, t, s) in records for m in args.methods)] for t in target_names}
+    target_names = [t for t in target_names if complete[t]]  # a partial grid: the seeds every method finished
+    curves = {t: {} for t in target_names}
+    errors = {t: {} for t in target_names}
     for target in target_names:
         for method in args.methods:
-            runs = [records[method, target, seed] for seed in args.seeds]
+            runs = [records[method, target, seed] for seed in complete[target]]
             final = [r["scores"][-1] for r in runs]
             finals[method, target] = final
             curve_means = [float(np.mean(r["scores"])) for r in runs]
@@ -432,12 +468,25 @@ def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> 
               "| domain | method | MrCoM ÷ method | paired p | Holm p |", "|---|---|---|---|---|"]
     lines += [f"| {d} | {c} | {r:.3f} | {p:.3g} | {q:.3g} |" for (d, c, r, p), q in zip(comparisons, adjusted)]
     last = []
+    for domain in domains:  # late collapse against the null model (issue 34)
+        mine = [t for t in target_names if t.split("/")[1] == domain]
+        if not {"mrcom", "null"} <= set(args.methods) or not mine:
+            continue
+        runs = {m: [records[m, t, s] for t in mine for s in complete[t]] for m in ("mrcom", "null")}
+        rate = {m: np.mean([collapsed(r["scores"]) for r in rs]) for m, rs in runs.items()}
+        final = {m: np.mean([r["scores"][-1] for r in rs]) for m, rs in runs.items()}
+        curve = {m: np.mean([np.mean(r["scores"]) for r in rs]) for m, rs in runs.items()}
+        q = next((q for (d, c, *_), q in zip(comparisons, adjusted) if d == domain and c == "null"), math.nan)
+        last.append(f"{domain}: collapse_rate_mrcom={rate['mrcom']:.2f} collapse_rate_null={rate['null']:.2f} "
+                    f"mrcom_over_null_final={final['mrcom'] / final['null'] if final['null'] > 0 else math.nan:.3f} "
+                    f"mrcom_over_null_curve={curve['mrcom'] / curve['null'] if curve['null'] > 0 else math.nan:.3f} p={q:.3g}")
     for domain in domains:
         rows = [(r, q, c) for (d, c, r, _), q in zip(comparisons, adjusted) if d == domain and c in CONTROLS]
         if rows:  # the best control is the one MrCoM's ratio is smallest against
             ratio, q, control = min(rows, key=lambda row: row[0])
+            seeds = min(len(complete[t]) for t in target_names if t.split("/")[1] == domain)
             last.append(f"{domain}: mrcom_over_best_control={ratio:.3f} p={q:.3g} best_control={control} "
-                        f"seeds={len(args.seeds)} world_models={args.world_models}")
+                        f"seeds={seeds} world_models={args.world_models}")
     return "\n".join(lines), last, curves, errors
 
 
@@ -468,7 +517,7 @@ def main() -> None:
     scenarios = dataset_config(args, 0).scenarios
     domains = tuple(scenarios.domains)
     preparations = [(args, seed) for seed in range(args.world_models)]
-    if not any(uses for uses, _ in method_configs(args).values()):
+    if not any(uses for uses, _ in method_configs(args).values()) or args.report_only:
         preparations = []
     if args.jobs > 1 and args.device == "cpu" and len(preparations) > 1:
         with multiprocessing.get_context("fork").Pool(min(args.jobs, len(preparations))) as pool:
@@ -490,7 +539,7 @@ def main() -> None:
             targets[f"{split}/{domain}/{index}"] = [s for s in scenarios.draw(split) if s.domain == domain][index]
     for name, spec in targets.items():
         print(f"target {name}: {spec}")
-        for seed, module in enumerate(models):
+        for seed, module in enumerate(models):  # (none with --report-only)
             e = target_errors(module, dataset_config(args, seed), spec)
             print(f"  world model {seed} on its held-out episodes, anchored h=1 (naive): observation per dim "
                   f"{e['obs_h1']:.2f} ({e['naive_obs_h1']:.2f}), reward {e['reward_h1']:.5f} ({e['naive_reward_h1']:.5f})")
@@ -500,9 +549,19 @@ def main() -> None:
     _SHARED.update(args=args, out=out, targets=targets, configs=configs, models=models, provenance=provenance, code=code_digest())
     # Seed by seed, so that an interrupted run leaves whole paired blocks (every method on every target).
     tasks = [(m, t, s) for s in args.seeds for t in targets for m in args.methods]
-    records = run_all(tasks, args.jobs)
+    if args.report_only:
+        settings = {seed: digest(model_key(args, dataset_config(args, seed), seed)) for seed in range(args.world_models)}
+        stored = stored_records(args, configs, settings)
+        records = {task: stored[task] for task in tasks if task in stored}
+        print(f"report only: {len(records)} of {len(tasks)} runs stored")
+    else:
+        records = run_all(tasks, args.jobs)
 
     tables, last, curves, errors = report(records, args, list(targets))
+    targets = {t: targets[t] for t in curves}  # the targets with a complete seed
+    if not targets:
+        print(f"no target has a seed that every method finished ({len(records)} of {len(tasks)} runs)")
+        return
     print("\n" + tables + "\n")
     summary = out / f"report-{args.targets}.md"
     summary.write_text(f"# adapt_efficiency, {args.targets} targets\n\n{tables}\n\n" + "\n".join(last) + "\n")

@@ -35,6 +35,7 @@ def test_the_adaptation_benchmark_runs_every_method_and_resumes(tmp_path):
     assert {r["provenance"]["world_model_seed"] for r in mrcom} == {0, 1}
     assert len({r["provenance"]["model_weights"] for r in mrcom}) == 2
     assert "cheetah: mrcom_over_best_control=" in first.stdout.strip().splitlines()[-1]
+    assert first.stdout.strip().splitlines()[-2].startswith("cheetah: collapse_rate_mrcom=")
     assert "Holm over the 6 comparisons" in (out / "report-tuning.md").read_text()
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every run is stored: none reruns
@@ -58,6 +59,12 @@ def test_the_adaptation_benchmark_runs_every_method_and_resumes(tmp_path):
     assert row[:3] == ["test_id/cheetah-0", "mrcom", "0"]
     recorded = json.loads(next(p for p in runs if p.parent.name.startswith("mrcom-") and p.name.endswith("seed0.json")).read_text())
     assert float(row[3]) == pytest.approx(recorded["scores"][-1], abs=0.005)
+
+    # --report-only finds every stored run without a world model, and reports the same.
+    report = subprocess.run(command + ["--report-only"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"report only: {len(methods) * 2} of {len(methods) * 2} runs stored" in report.stdout
+    assert report.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
 
 
 def test_the_benchmark_reads_the_shipped_configs_into_the_settings_it_runs():
