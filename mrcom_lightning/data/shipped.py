@@ -7,7 +7,7 @@ returns on every training scenario, and the selection) and the policy files it n
 (`SAC.policy_checkpoint()`, actor weights only, read weights-only). `mrcom collect` (and
 `mrcom fit`) use them unless `data.dataset.train_agents` is true; a dataset whose settings
 differ from theirs is refused, naming the setting. They are produced by
-`python benchmarks/train_behaviour_agents.py` (see benchmarks/README.md).
+`python benchmarks/train_behaviour_agents.py` (see benchmarks/LOG.md, "Behaviour agents").
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def check_settings(found: dict, config: DatasetConfig, domain: str, where: Path)
             raise ValueError(
                 f"the shipped {domain} behaviour agent ({where}) was trained for data.dataset.{key}="
                 f"{found.get(key)!r}, this dataset has {wanted!r}: set data.dataset.train_agents true "
-                "to train agents for these settings (experts take hours on a CPU; see benchmarks/README.md)"
+                "to train agents for these settings (experts take hours on a CPU; see benchmarks/LOG.md)"
             )
 
 
