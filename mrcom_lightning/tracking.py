@@ -270,11 +270,13 @@ def resolve_checkpoint(path: str, uri: str | None = None) -> str:
     artifact = path
     if run_id and str(path).removeprefix("runs:/").strip("/") == run_id:
         artifact = f"runs:/{run_id}/{BEST_CHECKPOINT}"
-    if str(path).startswith("models:/"):
-        mlflow.set_registry_uri(absolute_uri(uri))  # the registry of the same store (download_artifacts takes no registry URI)
     folder = tempfile.mkdtemp(prefix="mrcom-checkpoint-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     try:
+        if str(path).startswith("models:/"):  # the version's source, from the registry of the same store
+            name, _, version = str(path).removeprefix("models:/").partition("/")
+            registry = mlflow.MlflowClient(tracking_uri=absolute_uri(uri), registry_uri=absolute_uri(uri))
+            artifact = registry.get_model_version(name, version).source
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=folder, tracking_uri=absolute_uri(uri)))
     except (MlflowException, OSError) as err:
         client = mlflow.MlflowClient(tracking_uri=absolute_uri(uri))

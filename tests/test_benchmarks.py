@@ -89,3 +89,4 @@ def test_the_benchmark_reads_the_shipped_configs_into_the_settings_it_runs():
     dataset, world_model, training = adapt_efficiency.read_world_model_config(args)
     assert dataset.scenarios.domains == ("cheetah", "walker") and training.steps == 10_000
     assert world_model.embed_dim == 64 and world_model.context_length == 8
+    assert world_model.obs_normalization == "standardize"  # as the adaptation defaults were measured
