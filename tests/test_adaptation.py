@@ -858,6 +858,17 @@ class RandomPolicy:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_adaptation_with_a_model_of_the_target_beats_a_random_policy(monkeypatch):
+    # One thread, whatever an earlier test in this process set (`--threads auto` sets every core): the
+    # run's numbers depend on the reduction order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _beats_a_random_policy(monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _beats_a_random_policy(monkeypatch):
     module = model_trained_on_the_target()
     evaluations = []
     original_evaluate = loop.evaluate
