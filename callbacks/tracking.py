@@ -152,19 +152,9 @@ def run_params(config: dict, trainer) -> dict:
         if not dataclasses.is_dataclass(settings):
             continue
         fields = {k: v for k, v in vars(callback).items() if not k.startswith("_") and k not in ("adaptation", "validations")}
-        for key, value in _flatten(fields | dataclasses.asdict(settings)).items():
+        for key, value in tracking.flat_params(fields | dataclasses.asdict(settings)).items():
             params[f"adaptation/{key}"] = value
     return params
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}/")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def sets_method(config_file: str) -> bool:

@@ -326,3 +326,14 @@ def parent_run(uri: str, experiment: str, name: str, params: dict, state: Path) 
         raise
     finally:
         client.set_terminated(run_id, status)
+
+
+def flat_params(values: dict, prefix: str = "", sep: str = "/") -> dict:
+    """Nested settings as flat MLflow params: {"rollout": {"every": 250}} -> {"<prefix>rollout/every": 250}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= flat_params(value, f"{prefix}{key}{sep}", sep)
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -66,7 +66,7 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
     run = client.create_run(experiment_id, run_name=f"{method}-{name}-seed{seed}", tags=tags)
     run_id = run.info.run_id
     params = {"method": method, "target": name, "domain": result.target.domain, "seed": seed, "ckpt_path": ckpt_path,
-              "spec": str(result.target)} | _flat("adaptation", dataclasses.asdict(config))  # fmt: skip
+              "spec": str(result.target)} | tracking.flat_params(dataclasses.asdict(config), "adaptation.", ".")  # fmt: skip
     now = int(time.time() * 1000)
     metrics = [Metric(f"adapt/{name}/score", score, now, step) for step, score in zip(result.eval_steps, result.eval_scores)]
     metrics += [Metric(key, value, now, step) for key, points in result.metrics.items() for step, value in points]
@@ -76,14 +76,6 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-def _flat(prefix: str, values: dict) -> dict:
-    """Nested settings as MLflow params: `adaptation.rollout.horizon`, ..."""
-    out = {}
-    for key, value in values.items():
-        out |= _flat(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value}
-    return out
 
 
 def _load_module(ckpt_path: str):
