@@ -11,6 +11,10 @@ are per dim in units of that dim's one-step change, then averaged (`*_rel_mse`):
 dominated by a few velocity dims. The overall rows carry the p-value of a paired t-test over
 seeds against MrCoM (every variant shares the data and seeds), Holm-corrected over all of the
 report's comparisons, whose number the report states.
+
+With `--adapt true` every trained cell's world model also adapts to target scenarios, the
+adaptation controls beside them (study_adapt.py), and `report_adapt.md` gives the paper's Table 1
+in its own metric: the score after adaptation per method and target (adapt_table.py, docs/table1.md).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Literal
 import numpy as np
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mrcom_lightning import tracking
+from mrcom_lightning import adapt_table, launch, study_adapt, tracking
 from mrcom_lightning.compare import cell_text, plot_bars
 from mrcom_lightning.stats import holm, paired_p_value
 from mrcom_lightning.sweep import (LAUNCH_OPTIONS, add_launch_arguments, cell_name, check_launch_arguments, grid_run,
@@ -77,6 +81,7 @@ def study_parser() -> ArgumentParser:
     parser.add_argument("--root", type=str, default="runs/study", help="folder of the cells and the report")
     parser.add_argument("--overrides", type=list[str], default=[], help="extra `mrcom fit` arguments for every cell")
     parser.add_argument("--report_only", type=bool, default=False, help="only write the report of the finished cells")
+    study_adapt.add_arguments(parser)
     add_launch_arguments(parser)
     return parser
 
@@ -262,6 +267,29 @@ def log_report(client, run_id: str, root: Path, summary: list[str]) -> None:
                 client.log_metric(run_id, key, value)
 
 
+def adapt_cells(args, root: Path) -> tuple[list, launch.Summary | None]:
+    """`--adapt true`: the adaptation units of the trained cells and the controls (run unless
+    `--report_only`), and the launcher's summary of those run now."""
+    cells = {(v, seed): root / cell_name(VARIANTS[v], seed) for v in args.variants for seed in args.seeds}
+    loop = study_adapt.read_loop(args.adapt_config, args.adapt_overrides)
+    units, notes = study_adapt.plan(cells, root, args.adapt_targets, loop, args.controls)
+    for note in notes:
+        print(f"mrcom study: {note}", flush=True)
+    return units, (None if args.report_only else study_adapt.run_units(units, args))
+
+
+def adapt_report(args, root: Path, units: list, client, run_id: str) -> str | None:
+    """The adaptation table of the stored results (adapt_table.py), logged to the parent run."""
+    records = study_adapt.records(units)
+    if not records:
+        print(f"mrcom study: no adaptation finished yet under {root}: no adaptation table")
+        return None
+    settings = study_adapt.settings_text(args, study_adapt.read_loop(args.adapt_config, args.adapt_overrides))
+    text = adapt_table.report(records, root, args.variants, args.controls, settings)
+    adapt_table.log_report(client, run_id, root, text.strip().splitlines()[-1])
+    return text
+
+
 def study_main(argv: list[str]) -> None:
     parser = study_parser()
     args = parser.parse_args(argv)
@@ -269,6 +297,11 @@ def study_main(argv: list[str]) -> None:
     if unknown:
         parser.error(f"--variants: unknown {unknown}; allowed: {list(VARIANTS)}")
     check_launch_arguments(parser, args)
+    if args.adapt:
+        try:
+            study_adapt.check_arguments(args)
+        except ValueError as err:
+            parser.error(str(err))
     root = Path(args.root)
     if args.report_only and not load_results(root, args.variants, args.seeds):
         parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
@@ -280,6 +313,8 @@ def study_main(argv: list[str]) -> None:
          *(arg for key in LAUNCH_OPTIONS if getattr(args, key) is not None for arg in (f"--{key}", str(getattr(args, key))))]
     )  # fmt: skip
     params = {"sizes": sizes, "base": base, "variants": args.variants, "seeds": args.seeds, "overrides": args.overrides}
+    if args.adapt:
+        params |= {key: getattr(args, key) for key in ("adapt_targets", "adapt_config", "adapt_overrides", "controls")}
     params = {key: json.dumps(value) for key, value in params.items()} | {"root": str(root)}
     with grid_run(root, base, args.overrides, f"study-{sizes}", params) as (uri, run_id):
         summary = None if args.report_only else run_cells(sweep, run_id)
@@ -287,8 +322,17 @@ def study_main(argv: list[str]) -> None:
         if not results:
             parser.error(f"no finished cell under {root} (each writes {TEST_METRICS} when its test ends)")
         text = report(results, root)
-        log_report(tracking.prepare_store(uri), run_id, root, text.strip().splitlines()[-len(SUMMARY_BASELINES) :])
+        client = tracking.prepare_store(uri)
+        log_report(client, run_id, root, text.strip().splitlines()[-len(SUMMARY_BASELINES) :])
         print(text)
         print(f"wrote {root / 'report.md'} and {root / 'report.csv'}; logged to the MLflow run {run_id} (report/)")
-        if summary is not None and summary.failed:  # the report covers the finished cells; the parent run is FAILED
+        adapted = None
+        if args.adapt:
+            units, adapted = adapt_cells(args, root)
+            table = adapt_report(args, root, units, client, run_id)
+            if table is not None:
+                print(table)
+                print(f"wrote {root / 'report_adapt.md'}, report_adapt.csv and adapt_curves.png; logged to {run_id} (report/)")
+        # Each report covers what finished; the parent run is FAILED if a cell or an adaptation failed.
+        if any(s is not None and s.failed for s in (summary, adapted)):
             raise SystemExit(1)

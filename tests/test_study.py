@@ -3,7 +3,9 @@ finished cells skipped on a re-run."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from mrcom_lightning import study
+from mrcom_lightning import adapt_table, study
 from mrcom_lightning.cli import main
 
 DOMAINS = ("cheetah", "walker")
@@ -179,6 +181,52 @@ def test_holm_corrected_paired_p_values_match_a_hand_computation(tmp_path):
     assert by_hand["no_context"] < 0.05 < by_hand["cadm"]  # the correction changes what is called a difference
 
 
+def test_the_adaptation_table_matches_a_hand_computation(tmp_path):
+    """A made-up adaptation table: three variants and two controls on two targets, three seeds. The
+    paired tests against MrCoM, Holm over the table's 8 comparisons, the bold best per column and the
+    last line (the geometric mean over columns of MrCoM ÷ the best other variant) by hand."""
+    finals = {  # method -> target -> final score of seeds 0, 1, 2
+        "mrcom": {"test_id/cheetah-0": [50, 55, 60], "test_ood_dynamics/walker-0": [20, 25, 22]},
+        "rssm": {"test_id/cheetah-0": [40, 48, 49], "test_ood_dynamics/walker-0": [30, 29, 35]},
+        "cadm": {"test_id/cheetah-0": [52, 50, 61], "test_ood_dynamics/walker-0": [10, 12, 15]},
+        "null": {"test_id/cheetah-0": [45, 47, 58], "test_ood_dynamics/walker-0": [21, 20, 26]},
+        "sac": {"test_id/cheetah-0": [30, 35, 33], "test_ood_dynamics/walker-0": [18, 19, 17]},
+    }
+    records = [{"method": m, "target": t, "seed": s, "final": v, "curve_mean": v / 2, "collapsed": False,
+                "steps": [10, 20], "scores": [v / 2, v]}
+               for m, by_target in finals.items() for t, values in by_target.items() for s, v in enumerate(values)]  # fmt: skip
+    cheetah, walker = "test_id/cheetah-0", "test_ood_dynamics/walker-0"
+    raw = {(m, t): stats.ttest_rel(finals["mrcom"][t], finals[m][t]).pvalue
+           for m in ("rssm", "cadm", "null", "sac") for t in (cheetah, walker)}  # fmt: skip
+    by_hand, running = {}, 0.0
+    for k, key in enumerate(sorted(raw, key=raw.get)):  # Holm: the k-th smallest of 8 times 8 - k, kept monotone
+        running = max(running, min(1.0, (8 - k) * raw[key]))
+        by_hand[key] = running
+    cells = adapt_table.cells_of(records)
+    compared = adapt_table.comparisons(cells, list(finals), [cheetah, walker])
+    for key, test in compared.items():
+        assert test["p"] == pytest.approx(raw[key]) and test["p_holm"] == pytest.approx(by_hand[key]), key
+        assert test["ratio"] == pytest.approx(np.mean(finals["mrcom"][key[1]]) / np.mean(finals[key[0]][key[1]]))
+    # Best other variant: CaDM on cheetah (54.3 against MrCoM's 55), the RSSM on walker (31.3 against 22.3).
+    ratios = [55 / np.mean([52, 50, 61]), np.mean([20, 25, 22]) / np.mean([30, 29, 35])]
+    p = max(by_hand["cadm", cheetah], by_hand["rssm", walker])
+    last = (f"mrcom_over_best_other_adapt={np.sqrt(ratios[0] * ratios[1]):.3f} p={p:.3g} seeds=3 columns=2/2 "
+            f"not_ahead={walker}")  # fmt: skip
+    text = adapt_table.report(records, tmp_path, ["mrcom", "rssm", "cadm"], ["null", "sac"])
+    assert text.rstrip().splitlines()[-1] == last
+    assert "Holm-corrected over this table's 8 comparisons" in text
+    final = text.split("## Final score")[1].split("##")[0].strip().splitlines()
+    assert final[0] == "| method | cheetah · ID #0 | walker · OOD dynamics #0 |"
+    assert final[2] == "| mrcom | **55.0 ± 4.1 (n=3)** | 22.3 ± 2.1 (n=3) |"
+    assert final[3] == "| rssm | 45.7 ± 4.0 (n=3) | **31.3 ± 2.6 (n=3)** |"
+    assert [row.split("|")[1].strip() for row in final[2:]] == ["mrcom", "rssm", "cadm", "null", "sac"]
+    tests = text.split("## Against mrcom")[1].splitlines()
+    assert f"| cadm | {55 / np.mean([52, 50, 61]):.3f} (p={by_hand['cadm', cheetah]:.3g}, n=3) |" in "\n".join(tests)
+    rows = list(csv.DictReader((tmp_path / "report_adapt.csv").open()))
+    assert len(rows) == 10 and {r["kind"] for r in rows if r["method"] == "sac"} == {"control"}
+    assert (tmp_path / "adapt_curves.png").stat().st_size > 0
+
+
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
     main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]", "--workers", "1"])
@@ -198,17 +246,38 @@ def test_bad_variant_and_no_results_are_clear_errors(tmp_path, capsys, monkeypat
     with pytest.raises(SystemExit):
         main(["study", "--root", str(tmp_path), "--report_only", "true"])
     assert "no finished cell" in capsys.readouterr().err
+    for option, value, said in (("--controls", "[redq]", "unknown ['redq']"), ("--adapt_targets", "[test_ood/walker]", "SPLIT/DOMAIN/INDEX"),
+                                ("--adapt_overrides", "[--seeds, '[1]']", "`--adaptation.*` options only"),
+                                ("--adapt_overrides", "[--adaptation.env_steps, x]", 'key "adaptation.env_steps"')):  # fmt: skip
+        with pytest.raises(SystemExit):  # refused before any cell starts
+            main(["study", "--root", str(tmp_path), "--adapt", "true", option, value])
+        assert said in capsys.readouterr().err, option
+
+
+TINY_VARIANTS = "[mrcom, rssm]"
+TINY_BASE = "[configs/quick.yaml, configs/study/generalization.yaml]"
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """Real fits and tests of two variants × two seeds on a tiny dataset, with the OOD-kind splits,
+    in the returned folder (`runs`, its MLflow store `mlruns.db`); once per module: the end-to-end
+    test reads it and the adaptation table's smoke test adapts its models."""
+    cwd = tmp_path_factory.mktemp("tiny_study")
+    overrides = ["--data.dataset.root", str(cwd / "data"), "--trainer.max_steps", "4",
+                 "--trainer.val_check_interval", "2", "--trainer.limit_test_batches", "2"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        main(["study", "--root", "runs", "--seeds", "[0, 1]", "--variants", TINY_VARIANTS, "--base", TINY_BASE,
+              "--overrides", json.dumps(overrides)])  # fmt: skip
+    return cwd, overrides
 
 
 @pytest.mark.slow
-def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
+def test_a_tiny_study_end_to_end(tiny_study, monkeypatch):
     """Real fits and tests of two variants × two seeds on a tiny dataset, with the OOD-kind splits."""
-    monkeypatch.chdir(tmp_path)
-    overrides = ["--data.dataset.root", str(tmp_path / "data"), "--trainer.max_steps", "4",
-                 "--trainer.val_check_interval", "2", "--trainer.limit_test_batches", "2"]  # fmt: skip
-    args = ["study", "--root", "runs", "--seeds", "[0, 1]", "--variants", "[mrcom, rssm]",
-            "--base", "[configs/quick.yaml, configs/study/generalization.yaml]", "--overrides", json.dumps(overrides)]  # fmt: skip
-    main(args)
+    cwd, _ = tiny_study
+    monkeypatch.chdir(cwd)
     results = study.load_results(Path("runs"), ["mrcom", "rssm"], [0, 1])
     assert {v: sorted(s) for v, s in results.items()} == {"mrcom": [0, 1], "rssm": [0, 1]}
     for cells in results.values():
@@ -223,7 +292,7 @@ def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
     assert text.splitlines()[-3].startswith("mrcom_over_rssm_ood_open_loop=") and "seeds=2" in text.splitlines()[-3]
     assert text.splitlines()[-1].startswith("mrcom_over_cadm_ood_open_loop=nan")  # no CaDM cell in this grid
     # In MLflow: one parent run, the 4 fits and 4 tests nested under it and named for their cell.
-    client, runs = parent_runs(tmp_path)
+    client, runs = parent_runs(cwd)
     (parent,) = [r for r in runs if r.info.run_name == "study-custom"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == 9 and len(children) == 8
@@ -231,3 +300,54 @@ def test_a_tiny_study_end_to_end(tmp_path, monkeypatch):
         f"quick+generalization-{method}-seed{seed}" for method in ("mrcom", "rssm") for seed in (0, 1)
     }
     assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+TINY_LOOP = ["--adaptation.env_steps", "40", "--adaptation.episode_steps", "20", "--adaptation.eval_every", "20",
+             "--adaptation.eval_episodes", "1", "--adaptation.history_length", "8", "--adaptation.rollout.every", "10",
+             "--adaptation.rollout.starts", "8", "--adaptation.fine_tune.steps", "2", "--adaptation.error_windows", "4",
+             "--adaptation.sac.warmup_steps", "20", "--adaptation.sac.hidden_dim", "32", "--adaptation.sac.batch_size", "16"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_adaptation_table_of_a_tiny_study(tiny_study, tmp_path, monkeypatch, capsys):
+    """`--adapt true` on the tiny study's trained cells (a copy): each variant's model and the four
+    controls adapt to one OOD target with one seed and a tiny budget; every cell of the table is
+    filled, and a re-run adapts nothing again."""
+    cwd, overrides = tiny_study
+    shutil.copytree(cwd / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)  # a fresh MLflow store: the copied parent run is not in it, a new one starts
+    args = ["study", "--root", "runs", "--seeds", "[0]", "--variants", TINY_VARIANTS, "--base", TINY_BASE,
+            "--overrides", json.dumps(overrides), "--workers", "1", "--adapt", "true",
+            "--adapt_targets", "[test_ood_dynamics/walker/0]", "--adapt_overrides", json.dumps(TINY_LOOP)]  # fmt: skip
+    main(args)
+    files = sorted(Path("runs").glob("*/adapt/*.json")) + sorted(Path("runs/controls").glob("*/*.json"))
+    assert [str(f) for f in files] == [
+        "runs/base-seed0/adapt/test_ood_dynamics-walker-0.json", "runs/rssm-seed0/adapt/test_ood_dynamics-walker-0.json",
+        *(f"runs/controls/{c}-seed0/test_ood_dynamics-walker-0.json" for c in ("droq", "null", "sac", "sac_utd"))]  # fmt: skip
+    record = json.loads(files[1].read_text())
+    assert record["method"] == "rssm" and record["steps"] == [20, 40] and len(record["scores"]) == 2
+    assert record["final"] == record["scores"][-1] and record["checkpoint"].endswith("rssm-seed0/checkpoints/best.ckpt")
+    controls = {f.parent.name: json.loads(f.read_text()) for f in files[2:]}
+    assert controls["null-seed0"]["checkpoint"].endswith("base-seed0/checkpoints/best.ckpt")  # MrCoM's model
+    assert controls["sac-seed0"]["checkpoint"] is None and controls["sac-seed0"]["updates_per_step"] == 1
+    assert controls["sac_utd-seed0"]["updates_per_step"] == 8 and controls["droq-seed0"]["updates_per_step"] == 8
+    assert controls["droq-seed0"]["settings"]["sac"]["critic_layer_norm"] is True
+
+    text = Path("runs/report_adapt.md").read_text()
+    assert text.strip() in capsys.readouterr().out
+    final = text.split("## Final score")[1].split("##")[0].strip().splitlines()
+    assert final[0] == "| method | walker · OOD dynamics #0 |"
+    assert [row.split("|")[1].strip() for row in final[2:]] == ["mrcom", "rssm", "null", "sac", "sac_utd", "droq"]
+    assert all("(n=1)" in row for row in final[2:]) and sum("**" in row for row in final[2:]) >= 1
+    assert text.rstrip().splitlines()[-1].startswith("mrcom_over_best_other_adapt=") and "seeds=1" in text.splitlines()[-1]
+    rows = Path("runs/report_adapt.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 and Path("runs/adapt_curves.png").stat().st_size > 0
+    client, runs = parent_runs(tmp_path)
+    (parent,) = runs
+    assert {"report/report_adapt.md", "report/report_adapt.csv", "report/adapt_curves.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    main(args)  # every adaptation is stored with the same settings: none runs again
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+    assert "adaptations: 6 of 6 stored, 0 to run" in capsys.readouterr().out

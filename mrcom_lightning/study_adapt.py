@@ -1,0 +1,226 @@
+"""`mrcom study --adapt true`: every trained cell adapts to the targets; the controls beside them.
+
+After a variant × seed cell of the study has trained and been tested, its best checkpoint adapts
+to each target of `--adapt_targets` (SPLIT/DOMAIN/INDEX of the study's scenario set) with the loop
+settings of `--adapt_config` (default configs/adapt/loop.yaml, the measured defaults) and
+`--adapt_overrides`, with adaptation seed = the cell's seed. The controls of adaptation/controls.py
+run once per target and seed; `null` on the MrCoM cell's model of that seed.
+
+Each adaptation is one unit of `launch.run_cells` (local processes or Ray tasks, one torch thread
+each by default): its result is written as soon as it ends, to `<cell>/adapt/<split>-<domain>-<index>.json`
+or `<root>/controls/<control>-seed<seed>/<split>-<domain>-<index>.json`, with the digest of what
+decides it (settings, target, seed, the checkpoint's bytes). A re-run skips every unit whose file
+has the same digest and redoes one whose settings or checkpoint changed. adapt_table.py writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from mrcom_lightning import launch
+from mrcom_lightning.adaptation.controls import CONTROLS, control_config, updates_per_step
+from mrcom_lightning.adaptation.settings import AdaptationConfig
+from mrcom_lightning.scenarios import SPLITS, ScenarioSpec
+
+ADAPT = "adapt"  # in a cell's folder: its adaptations
+CONTROL_FOLDER = "controls"  # in the study's folder: the controls', one folder per control and seed
+CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a cell's folder: the one `mrcom test` scored
+DEFAULT_TARGETS = ["test_id/*/0", "test_ood/*/0"]
+DEFAULT_LOOP = "configs/adapt/loop.yaml"
+REFERENCE = "mrcom"
+
+
+def add_arguments(parser) -> None:
+    """`mrcom study`'s adaptation options."""
+    parser.add_argument("--adapt", type=bool, default=False,
+                        help="also adapt every trained cell's model to --adapt_targets, run the controls beside them, "
+                             "and write the adaptation table (report_adapt.md, docs/table1.md)")  # fmt: skip
+    parser.add_argument(
+        "--adapt_targets",
+        type=list[str],
+        default=DEFAULT_TARGETS,
+        help="targets as SPLIT/DOMAIN/INDEX of the study's scenario set (`*`: every domain)",
+    )
+    parser.add_argument(
+        "--adapt_config", type=str, default=DEFAULT_LOOP, help="the adaptation loop's settings, a `mrcom adapt --config` file"
+    )
+    parser.add_argument("--adapt_overrides", type=list[str], default=[],
+                        help="`mrcom adapt` arguments over --adapt_config, `--adaptation.*` only "
+                             "(e.g. [--adaptation.env_steps, 100000])")  # fmt: skip
+    parser.add_argument("--controls", type=list[str], default=list(CONTROLS), help=f"any of {list(CONTROLS)}")
+    parser.add_argument("--adapt_device", type=str, default="cpu", help="torch device of the adaptations")
+
+
+def read_loop(path: str, overrides: list[str]) -> AdaptationConfig:
+    """The loop settings `mrcom adapt --config <path> <overrides>` would run with; raises ValueError
+    for an override that is not an `--adaptation.*` option or a value the loop refuses."""
+    from mrcom_lightning.adaptation.cli import adapt_parser
+    from mrcom_lightning.cli import resolve_configs
+
+    foreign = [o for o in overrides if o.startswith("--") and not o.startswith("--adaptation.")]
+    if foreign:
+        raise ValueError(f"--adapt_overrides takes `--adaptation.*` options only, got {foreign}")
+    path = resolve_configs(["--config", path])[1]  # as `mrcom adapt --config` finds it: here, else the packaged one
+    parser = adapt_parser()
+    parser.exit_on_error = False
+    try:
+        return parser.instantiate_classes(parser.parse_args(["--config", path, "--ckpt_path", "-", *overrides])).adaptation
+    except (argparse.ArgumentError, TypeError, ValueError) as err:  # a parse error, or a setting's own check
+        message = " ".join(str(err).split())[:300]
+        raise ValueError(f"--adapt_config {path} with --adapt_overrides {overrides}: {message}") from None
+
+
+def check_arguments(args) -> None:
+    """Refuses, before anything starts, adaptation options that cannot work (ValueError)."""
+    unknown = [c for c in args.controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"--controls: unknown {unknown}; allowed: {list(CONTROLS)}")
+    for selector in args.adapt_targets:
+        parts = selector.split("/")
+        if len(parts) != 3 or parts[0] not in SPLITS or not parts[2].isdigit():
+            raise ValueError(f"--adapt_targets: each must look like SPLIT/DOMAIN/INDEX with SPLIT in {list(SPLITS)}, "
+                             f"got {selector!r}")  # fmt: skip
+    read_loop(args.adapt_config, args.adapt_overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One adaptation: `method` (a variant or a control) on `target` with `seed`, its result at `path`."""
+
+    method: str
+    target: str  # resolve_targets' name, e.g. test_ood/cheetah-0
+    spec: ScenarioSpec
+    seed: int
+    use_model: bool
+    config: AdaptationConfig
+    checkpoint: str | None  # the world model adapted (None: model-free)
+    checkpoint_digest: str | None
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.path.stem}-seed{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """The digest of what decides the result: a stored one with another key is redone."""
+        what = [self.use_model, repr(self.config), repr(self.spec), self.seed, self.checkpoint_digest]
+        return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]
+
+    def stored(self) -> dict | None:
+        """The stored result of this unit, if its key matches."""
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if record.get("key") == self.key else None
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:12]
+
+
+def cell_targets(checkpoint: Path, selectors: list[str]) -> dict[str, ScenarioSpec]:
+    """The targets named by `selectors` in the scenario set the checkpoint was trained with."""
+    from mrcom_lightning.adaptation.targets import resolve_targets
+    from mrcom_lightning.checkpoints import load_checkpoint
+
+    scenarios = load_checkpoint(checkpoint)["datamodule_hyper_parameters"]["dataset"].scenarios
+    return resolve_targets(scenarios, selectors)
+
+
+def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], loop: AdaptationConfig,
+         controls: list[str]) -> tuple[list[Unit], list[str]]:  # fmt: skip
+    """The units of every trained cell ((variant, seed) -> its folder; trained: its test metrics and
+    best checkpoint are there) and the controls of every seed with one; and notes on what cannot run."""
+    from mrcom_lightning.tracking import TEST_METRICS
+
+    units, notes = [], []
+    for seed in sorted({s for _, s in cells}):
+        trained = {v: folder / CHECKPOINT for (v, s), folder in cells.items()
+                   if s == seed and (folder / TEST_METRICS).is_file() and (folder / CHECKPOINT).is_file()}  # fmt: skip
+        missing = [v for (v, s) in cells if s == seed and v not in trained]
+        if missing:
+            notes.append(f"seed {seed}: no trained cell of {missing} yet: not adapted")
+        if not trained:
+            continue
+        digests = {v: file_digest(path) for v, path in trained.items()}
+        targets = {v: cell_targets(path, selectors) for v, path in trained.items()}
+        for variant, path in trained.items():
+            for target, spec in targets[variant].items():
+                file = path.parent.parent / ADAPT / f"{target.replace('/', '-')}.json"
+                units.append(Unit(variant, target, spec, seed, True, loop, str(path), digests[variant], file))
+        # The controls' targets: from MrCoM's cell of the seed (every cell shares the scenario set).
+        source = REFERENCE if REFERENCE in trained else next(iter(trained))
+        for control in controls:
+            use_model, config = control_config(control, loop)
+            if use_model and REFERENCE not in trained:
+                notes.append(f"seed {seed}: control {control} adapts MrCoM's model, whose cell is not trained: not run")
+                continue
+            checkpoint = trained[REFERENCE] if use_model else None
+            for target, spec in targets[source].items():
+                file = root / CONTROL_FOLDER / f"{control}-seed{seed}" / f"{target.replace('/', '-')}.json"
+                units.append(Unit(control, target, spec, seed, use_model, config, str(checkpoint) if checkpoint else None,
+                                  digests[REFERENCE] if use_model else None, file))  # fmt: skip
+    return units, notes
+
+
+def run_unit(unit: Unit, device: str) -> dict:
+    """The function of a unit's cell: one adaptation, its record written to `unit.path` at once."""
+    from mrcom_lightning.adaptation.cli import _load_module
+    from mrcom_lightning.adaptation.loop import adapt, method_name
+
+    module = _load_module(unit.checkpoint) if unit.use_model else None
+    result = adapt(unit.spec, unit.config, module, unit.use_model, unit.seed, progress=False, device=device)
+    summary = result.summary()
+    record = {
+        "method": unit.method, "target": unit.target, "spec": str(unit.spec), "seed": unit.seed,
+        "loop": method_name(unit.config, unit.use_model), "steps": result.eval_steps, "scores": result.eval_scores,
+        "final": result.score, "best": summary["best_score"], "curve_mean": summary["curve_mean"],
+        "collapsed": summary["collapsed"], "seconds": summary["seconds"], "summary": summary,
+        "updates_per_step": updates_per_step(unit.config) if unit.use_model else unit.config.sac.updates_per_step,
+        "settings": dataclasses.asdict(unit.config),
+        "settings_digest": hashlib.sha1(repr(unit.config).encode()).hexdigest()[:12],
+        "checkpoint": unit.checkpoint, "checkpoint_digest": unit.checkpoint_digest, "device": device, "key": unit.key,
+        "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")},
+    }  # fmt: skip
+    unit.path.parent.mkdir(parents=True, exist_ok=True)
+    partial = unit.path.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, unit.path)
+    print(f"{unit.name}: final {result.score:.2f}, best {summary['best_score']:.2f} in {result.seconds:.0f}s", flush=True)
+    return {"final": result.score, "path": str(unit.path)}
+
+
+def run_units(units: list[Unit], args) -> launch.Summary:
+    """Every unit without a stored result, seed by seed (so that an interrupted study leaves whole
+    paired blocks), the model's units first within a seed; `args`' launch settings."""
+    pending = sorted((u for u in units if u.stored() is None), key=lambda u: (u.seed, not u.use_model))
+    cells = [launch.Cell(u.name, u.path.parent / "logs" / u.path.stem, (u, args.adapt_device),
+                         cpus=args.cpus_per_cell, gpus=args.gpus_per_cell) for u in pending]  # fmt: skip
+    print(f"adaptations: {len(units) - len(pending)} of {len(units)} stored, {len(pending)} to run", flush=True)
+    options = {key: getattr(args, key) for key in ("workers", "launcher", "address")}
+    return launch.run_cells(cells, run_unit, skip_done=False, label="adaptations", **options)
+
+
+def records(units: list[Unit]) -> list[dict]:
+    """The stored results of the units (those with a matching key)."""
+    return [record for unit in units if (record := unit.stored()) is not None]
+
+
+def settings_text(args, loop: AdaptationConfig) -> str:
+    """The table's settings line: the loop's file, overrides and budget."""
+    overrides = f" {' '.join(args.adapt_overrides)}" if args.adapt_overrides else ""
+    return (f"`--adapt_config {args.adapt_config}{overrides}`: {loop.env_steps} real steps, {loop.episode_steps}-step "
+            f"episodes, evaluation every {loop.eval_every} steps over {loop.eval_episodes} episodes, "
+            f"{loop.sac.warmup_steps} warm-up steps, {updates_per_step(loop)} SAC updates per real step with the model "
+            f"({loop.sac.updates_per_step} + {loop.replay.model_updates_per_step} while its pool holds imagined data)")  # fmt: skip
