@@ -52,7 +52,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--adapt_overrides", type=list[str], default=[],
                         help="`mrcom adapt` arguments over --adapt_config, `--adaptation.*` only "
                              "(e.g. [--adaptation.env_steps, 100000])")  # fmt: skip
-    parser.add_argument("--controls", type=list[str], default=list(CONTROLS), help=f"any of {list(CONTROLS)}")
+    # (str | None: YAML reads an unquoted `null` as None; check_arguments names it back)
+    parser.add_argument("--controls", type=list[str | None], default=list(CONTROLS), help=f"any of {list(CONTROLS)}")
     parser.add_argument("--adapt_device", type=str, default="cpu", help="torch device of the adaptations")
 
 
@@ -77,6 +78,7 @@ def read_loop(path: str, overrides: list[str]) -> AdaptationConfig:
 
 def check_arguments(args) -> None:
     """Refuses, before anything starts, adaptation options that cannot work (ValueError)."""
+    args.controls = ["null" if control is None else control for control in args.controls]
     unknown = [c for c in args.controls if c not in CONTROLS]
     if unknown:
         raise ValueError(f"--controls: unknown {unknown}; allowed: {list(CONTROLS)}")

@@ -227,6 +227,27 @@ def test_the_adaptation_table_matches_a_hand_computation(tmp_path):
     assert (tmp_path / "adapt_curves.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def test_the_table_configs_parse_and_state_their_budget(size):
+    """configs/study/adapt_{cpu,gpu}.yaml: `mrcom study` configs whose loop is configs/adapt/loop.yaml's
+    (CPU) or the paper's budget (GPU: 100k real steps, 1000-step episodes, 10 updates per real step),
+    with an ID and an OOD target per domain and the wall time stated as an estimate."""
+    path = Path(study.__file__).parents[1] / "configs" / "study" / f"adapt_{size}.yaml"
+    args = study.study_parser().parse_args(["--config", str(path)])
+    study.study_adapt.check_arguments(args)
+    loop = study.study_adapt.read_loop(args.adapt_config, args.adapt_overrides)
+    assert args.adapt and args.controls == ["null", "sac", "sac_utd", "droq"] and len(args.seeds) >= 3
+    assert "ESTIMATE" in path.read_text() and args.adapt_config == "configs/adapt/loop.yaml"
+    splits = {t.split("/")[0] for t in args.adapt_targets}
+    domains = {t.split("/")[1] for t in args.adapt_targets}
+    assert "test_id" in splits and splits & set(study.OOD_SPLITS) and ({"cheetah", "walker"} <= domains or domains == {"*"})
+    if size == "cpu":
+        assert (loop.env_steps, loop.episode_steps, loop.eval_every, args.sizes) == (5000, 250, 500, "cpu")
+    else:
+        assert (loop.env_steps, loop.episode_steps, args.sizes, args.adapt_device) == (100_000, 1000, "paper", "cuda")
+        assert study.study_adapt.updates_per_step(loop) == 10 and splits == {"test_id", *study.OOD_SPLITS}
+
+
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
     main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]", "--workers", "1"])
