@@ -272,7 +272,10 @@ def adapt_cells(args, root: Path) -> tuple[list, launch.Summary | None]:
     `--report_only`), and the launcher's summary of those run now."""
     cells = {(v, seed): root / cell_name(VARIANTS[v], seed) for v in args.variants for seed in args.seeds}
     loop = study_adapt.read_loop(args.adapt_config, args.adapt_overrides)
-    units, notes = study_adapt.plan(cells, root, args.adapt_targets, loop, args.controls)
+    try:
+        units, notes = study_adapt.plan(cells, root, args.adapt_targets, loop, args.controls)
+    except ValueError as err:  # a target the study's scenario set does not have
+        raise SystemExit(f"mrcom study: --adapt_targets: {err}") from None
     for note in notes:
         print(f"mrcom study: {note}", flush=True)
     return units, (None if args.report_only else study_adapt.run_units(units, args))
@@ -282,7 +285,7 @@ def adapt_report(args, root: Path, units: list, client, run_id: str) -> str | No
     """The adaptation table of the stored results (adapt_table.py), logged to the parent run."""
     records = study_adapt.records(units)
     if not records:
-        print(f"mrcom study: no adaptation finished yet under {root}: no adaptation table")
+        print(f"mrcom study: no adaptation stored under {root} with these settings yet: no adaptation table")
         return None
     settings = study_adapt.settings_text(args, study_adapt.read_loop(args.adapt_config, args.adapt_overrides))
     text = adapt_table.report(records, root, args.variants, args.controls, settings)
