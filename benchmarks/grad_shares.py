@@ -23,7 +23,6 @@ drown the world-model loss). The line before gives the ratios on the shared para
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -44,7 +44,7 @@ def test_function_cells_run_in_parallel_and_a_failure_stops_no_other(tmp_path, c
     assert json.loads((tmp_path / "x2" / launch.DONE).read_text())["result"]["square"] == 4
     assert not (tmp_path / "x3" / launch.DONE).exists()
     out, err = capsys.readouterr()
-    assert f"grid: 3 finished, 1 failed, 0 skipped of 4 cells" in out
+    assert "grid: 3 finished, 1 failed, 0 skipped of 4 cells" in out
     assert f"failed x3: ValueError: 3 is not allowed here; log: {tmp_path / 'x3' / launch.LOG}" in out
     progress = err.strip().splitlines()  # one line per change, not the cells' output
     assert progress[-1].startswith("grid 4/4 cells: 3 finished, 0 running, 1 failed, 0 skipped | ")
