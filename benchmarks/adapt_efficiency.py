@@ -71,6 +71,7 @@ from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
 from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
 from mrcom_lightning.adaptation.loop import collapsed  # noqa: E402
+from mrcom_lightning.adaptation.controls import CONTROLS, IMAGINATION_CONTROLS, control_config  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
 from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
@@ -90,9 +91,7 @@ TARGETS = {  # which scenarios of the set, and the seeds reported on them
     "tuning": {"targets": [("test_id", 0)], "seeds": "0,1,2"},
     "test": {"targets": [("test_id", 1), ("test_ood", 0)], "seeds": "10,11,12,13,14"},
 }
-CONTROLS = ("null", "sac", "sac_utd", "droq")
-DIAGNOSTICS = ("naive_reward", "naive_obs")
-DROQ = dict(critic_dropout=0.01, critic_layer_norm=True)
+DIAGNOSTICS = IMAGINATION_CONTROLS[1:]  # naive_reward, naive_obs: on the tuning targets only
 # What `adapt(use_model=False)` reads of an AdaptationConfig: a model-free run's key.
 MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "eval_every", "eval_episodes", "sac")
 
@@ -112,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the adaptation loop, as `mrcom adapt --config` reads it (configs/adapt/loop.yaml)")
     parser.add_argument("--env-steps", type=int, default=None, help="override the loop config's adaptation.env_steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an AdaptationConfig field of the model methods (repeatable), e.g. real_ratio=0.2")
+                        help="an AdaptationConfig field of the model methods (repeatable), e.g. replay.real_ratio=0.2")
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, models, runs and plots")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, into a separate --out")
     parser.add_argument("--device", default="cpu")
@@ -187,20 +186,12 @@ def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
 
 
 def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
-    """(uses the model, settings) of each method: the model methods run the loop config's settings
-    (with `--set`), the model-free controls make plain SAC's or MrCoM's number of updates per real step."""
+    """(uses the model, settings) of each method: MrCoM runs the loop config's settings (with `--set`),
+    the controls and diagnostics are mrcom_lightning/adaptation/controls.py's (the model-free ones
+    from the config's settings without `--set`)."""
     base = read_loop_config(args)
     loop = base.replace(**changes(args.set))
-    utd = {"sac.updates_per_step": loop.sac.updates_per_step + loop.replay.model_updates_per_step}
-    configs = {
-        "mrcom": (True, loop),
-        "sac": (False, base),
-        "sac_utd": (False, base.replace(**utd)),
-        "droq": (False, base.replace(**utd, **{f"sac.{key}": value for key, value in DROQ.items()})),
-    }
-    for imagination in ("null",) + DIAGNOSTICS:
-        configs[imagination] = (True, loop.replace(**{"rollout.imagination": imagination}))
-    return {method: configs[method] for method in args.methods}
+    return {method: (True, loop) if method == "mrcom" else control_config(method, loop, base) for method in args.methods}
 
 
 def dataset_config(args: argparse.Namespace, seed: int) -> DatasetConfig:
