@@ -85,8 +85,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "adapt"
 SMOKE = dict(seeds="0,1", world_models=2)
 # --smoke: tiny data, model and budget over the configs' settings.
 SMOKE_DATA = {"behaviour": "random", "episodes_per_scenario": 2, "episode_steps": 100, "scenarios.num_train": 2}
-SMOKE_LOOP = {"env_steps": 300, "episode_steps": 100, "eval_every": 100, "eval_episodes": 1, "history_length": 8,
-              "rollout.every": 50, "rollout.starts": 50, "sac.warmup_steps": 100, "sac.hidden_dim": 64, "sac.batch_size": 64}
+SMOKE_LOOP = {"env_steps": 150, "episode_steps": 50, "eval_every": 50, "eval_episodes": 1, "history_length": 8,
+              "rollout.every": 25, "rollout.starts": 25, "fine_tune.steps": 4, "sac.warmup_steps": 50, "sac.hidden_dim": 64,
+              "sac.batch_size": 64}  # fmt: skip
 TARGETS = {  # which scenarios of the set, and the seeds reported on them
     "tuning": {"targets": [("test_id", 0)], "seeds": "0,1,2"},
     "test": {"targets": [("test_id", 1), ("test_ood", 0)], "seeds": "10,11,12,13,14"},
