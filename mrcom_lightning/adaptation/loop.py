@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,8 @@ from mrcom_lightning.agents import SAC, ReplayBuffer, evaluate
 from mrcom_lightning.datamodules import meta_episode_batch
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
+
+PROGRESS_EVERY = 10  # real steps between calls of `adapt`'s `on_progress` (besides each evaluation)
 
 # SAC.update's keys under CleanRL's names.
 SAC_METRICS = {
@@ -150,17 +153,21 @@ def adapt(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    on_progress: Callable[[int, float], None] | None = None,
 ) -> AdaptationResult:
     """Learns a policy for `target` with SAC on real transitions and, with `use_model`, on rollouts of
     `module`'s world model (a trained `MrCoM`). Returns the final score, the evaluation curve and the
     logged metrics. With `config.fine_tune.enabled`, `module` itself is trained: pass a copy to keep
     the original.
 
+    `progress` shows a tqdm bar; `on_progress(real steps done, last evaluation score)` (NaN before the
+    first) is called every `PROGRESS_EVERY` real steps and at each evaluation, the last step included.
+
     The agent's own draws (environment, replay, actions) do not depend on the model: when the
     safeguard trusts the model nowhere, the run is plain SAC's with the same seed, step for step."""
     device = torch.device(device)
     with _own_torch_rng(derive_seed(seed, "world model"), device):
-        return _adapt(target, config, module, use_model, seed, progress, device)
+        return _adapt(target, config, module, use_model, seed, progress, device, on_progress)
 
 
 class ModelStage:
@@ -250,7 +257,8 @@ class ModelStage:
         return error_metrics(errors) if errors is not None else {}
 
 
-def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int, progress: bool, device) -> AdaptationResult:
+def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int, progress: bool, device,
+           on_progress: Callable[[int, float], None] | None) -> AdaptationResult:
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
     env = make_env(target, seed=seed, episode_steps=config.episode_steps)
@@ -294,7 +302,8 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
                 log.add({"charts/imagined_share": share})
 
         # Evaluate, with the model's errors where the policy goes now.
-        if (config.eval_every and step % config.eval_every == 0) or step == config.env_steps:
+        evaluating = (config.eval_every and step % config.eval_every == 0) or step == config.env_steps
+        if evaluating:
             if model is not None:
                 log.add(model.errors_where_the_policy_goes(history, newest=config.eval_every or config.env_steps))
             eval_steps.append(step)
@@ -304,6 +313,8 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
         elif step % config.rollout.every == 0:
             log.log(step)
         bar.update(1)
+        if on_progress is not None and (evaluating or step % PROGRESS_EVERY == 0):
+            on_progress(step, eval_scores[-1] if eval_scores else math.nan)
     bar.close()
     return AdaptationResult(target, use_model, method_name(config, use_model), eval_scores[-1] if eval_scores else 0.0,
                             eval_steps, eval_scores, model.imagined if model else 0, time.perf_counter() - start_time,
