@@ -2,7 +2,7 @@
 
 In imagination the context window rolls forward: each imagined step pushes its own token
 (decoded observation, action, predicted reward) and reads a fresh c. The old behaviour kept c
-frozen at the last real step (`WorldModel.rollout(..., freeze_context=True)`). This benchmark
+frozen at the last real step (`frozen_context` here: the start state without its window). This benchmark
 measures, on held-out scenarios, whether imagination beats the naive forecast (repeat the last
 real observation o_b and the last real reward r_{b-1}) and whether rolling beats freezing.
 
@@ -73,6 +73,7 @@ from mrcom_lightning.data.shipped import dataset_settings  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.metrics import masked_mean  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
+from mrcom_lightning.models.world_model import ImaginedState  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 
@@ -155,6 +156,12 @@ def train(dm: MultiScenarioDataModule, seed: int, steps: int, lr: float) -> tupl
     return module, train_world_model(module, iter(dm.train_stream()), steps, report)
 
 
+def frozen_context(state: ImaginedState) -> ImaginedState:
+    """The start state without its context window: `WorldModel.step` rolls only a window the state
+    carries, so every imagined step reads the start's c (the behaviour compared against rolling)."""
+    return dataclasses.replace(state, tokens=None)
+
+
 @torch.no_grad()
 def evaluate(module: MrCoM, dm: MultiScenarioDataModule, split: str, horizon: int, seed: int) -> dict:
     """{domain: {metric: {method: [H] mean over the split's windows}}, "windows": {domain: n}}."""
@@ -176,7 +183,8 @@ def evaluate(module: MrCoM, dm: MultiScenarioDataModule, split: str, horizon: in
         }
         for method, freeze in (("rolled", False), ("frozen", True)):
             torch.manual_seed(1_000_003 * seed + index)  # the same noise for both rollouts of this batch
-            rollout = wm.rollout(state, batch["action"][:, burn_in:], horizon, domain, freeze_context=freeze)
+            start = frozen_context(state) if freeze else state
+            rollout = wm.rollout(start, batch["action"][:, burn_in:], horizon, domain)
             errors[method] = {
                 "obs_mse": masked_mean((rollout.next_obs - real_obs) ** 2, mask),
                 "reward_mse": (rollout.reward - real_reward) ** 2,

@@ -101,15 +101,21 @@ def test_imagined_contexts_and_rewards_depend_on_the_imagined_actions():
     assert not torch.allclose(r_a, r_b)
 
 
-def test_a_frozen_context_stays_at_the_start_value():
+def test_a_state_without_its_context_window_keeps_the_start_context():
+    """benchmarks/imagination.py's frozen context (`frozen_context`): the start state without its
+    tokens steps with c held at the start's value, while the window it would carry rolls c."""
     model, batch = make_model(), synthetic_batch()
     wm = model.world_model
     with torch.no_grad():
         predictions = wm.predict(batch)
-        state = wm.start(predictions, batch, 6)
+        rolling = wm.start(predictions, batch, 6)
+        frozen = dataclasses.replace(rolling, tokens=None)
         for h in range(3):
-            state, _ = wm.step(state, batch["action"][:, 6 + h], batch["domain"], freeze_context=True)
-            assert torch.equal(state.context, predictions.context[:, 6])
+            action = batch["action"][:, 6 + h]
+            frozen, _ = wm.step(frozen, action, batch["domain"])
+            rolling, _ = wm.step(rolling, action, batch["domain"])
+            assert torch.equal(frozen.context, predictions.context[:, 6]) and frozen.tokens is None
+        assert not torch.allclose(rolling.context, predictions.context[:, 6])
 
 
 def action_reward_batch(seed: int, batch: int = 16, steps: int = 12):

@@ -432,17 +432,14 @@ class WorldModel(nn.Module):
 
         return ImaginedState(**{field.name: joined(field.name) for field in dataclasses.fields(ImaginedState)})
 
-    def step(
-        self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor, freeze_context: bool = False
-    ) -> tuple[ImaginedState, torch.Tensor]:
+    def step(self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor) -> tuple[ImaginedState, torch.Tensor]:
         """One imagined step with a raw (padded) action a_t: the window takes the token
         (o_t, a_t, r_{t−1}) and gives c_{t+1}; then h_{t+1} = f(h_t, z_t, a_t), z_{t+1} ~ p(z | h_{t+1},
         c_{t+1}), and the heads give ô_{t+1} and r̂_t. Returns the next state and r̂_t [B].
 
-        `freeze_context` keeps c at its value of the start state instead (the window does not
-        roll; measured against rolling in benchmarks/imagination.py)."""
+        A state without a context window (`tokens` None: CaDM's context, or none) keeps its c."""
         tokens, context = state.tokens, state.context
-        if tokens is not None and not freeze_context:
+        if tokens is not None:
             token = self.tokens(state.obs[:, None], action[:, None], state.prev_reward[:, None], domain)
             tokens = torch.cat([tokens, token], dim=1)[:, -self.context_net.receptive_field :]
             context = self.context_net(tokens)[:, -1]
@@ -470,7 +467,6 @@ class WorldModel(nn.Module):
         actions: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
         horizon: int,
         domain: torch.Tensor,
-        freeze_context: bool = False,
     ) -> Rollout:
         """`horizon` imagined steps from `state`: the one rollout of the open-loop metrics and of
         adaptation. `actions` is a tensor [B, horizon, A_max] (given actions) or a policy that maps
@@ -479,7 +475,7 @@ class WorldModel(nn.Module):
         for h in range(horizon):
             action = actions[:, h] if isinstance(actions, torch.Tensor) else actions(state.obs)
             obs = state.obs
-            state, reward = self.step(state, action, domain, freeze_context)
+            state, reward = self.step(state, action, domain)
             for key, value in zip(steps, (obs, action, state.obs, reward)):
                 steps[key].append(value)
         return Rollout(**{key: torch.stack(values, 1) for key, values in steps.items()})
