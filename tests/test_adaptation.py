@@ -136,6 +136,30 @@ def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
     assert not torch.allclose(other["next_obs"].view(count, horizon, -1)[:, 0], steps["next_obs"][:, 0])
 
 
+def test_given_start_states_take_their_batch_rows_domain(monkeypatch):
+    """`start` (e.g. MAMBA's whole-history states, P per batch row) decides where rollouts start; each
+    start state takes its batch row's domain; a count that is not P per row is refused."""
+    model = tiny_model()
+    wm = model.world_model
+    batch = hopper_history().batch(2, 6, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch["domain"] = torch.tensor([0, 1])  # two rows of two domains (hopper's sizes fit both)
+    start = wm.start_from_history(batch, [3, 5])  # rows (batch row, position)
+    domains, original_rollout = [], wm.rollout
+
+    def recording_rollout(state, actions, horizon, domain):
+        domains.append(domain.tolist())
+        return original_rollout(state, actions, horizon, domain)
+
+    monkeypatch.setattr(wm, "rollout", recording_rollout)
+    out = imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=2, start=start)
+    assert domains == [[0, 0, 0, 0, 1, 1, 1, 1]]  # 2 rows x 2 positions x 2 samples
+    torch.testing.assert_close(out["obs"].view(4, 2, 2, 15)[:, 0, 0], start.obs[:, :15], rtol=0, atol=0)
+    rows3 = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(1), 0, 17, 6)
+    three = wm.start(wm.predict(rows3), rows3, 6)
+    with pytest.raises(ValueError, match="3 start states for a batch of 2 rows"):
+        imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, start=three)
+
+
 def imagined_with(imagination: str, samples: int = 2):
     model, history = tiny_model(), hopper_history()
     with torch.no_grad():  # a reward head that predicts changes (a fresh one predicts 0 everywhere)

@@ -1,5 +1,6 @@
 """How a target scenario is adapted to (Algorithm 2, DESIGN.md §5): the loop's settings, grouped by
-the stage that reads them. Each default was measured; benchmarks/README.md says where.
+the stage that reads them. Each default was measured; benchmarks/LOG.md says where ("Adaptation against
+plain SAC" and its sections, "Issue 23: adaptation against controls that could explain the gain").
 
 The paper's budget is `env_steps=100000 episode_steps=1000 sac.updates_per_step=10`; the
 defaults are sized for a CPU.

@@ -391,7 +391,7 @@ class WorldModel(nn.Module):
         `anchor` makes the rollout's decoded observations ô + (o_step − dec(s_step)): the decoder's
         error where the real observation is known, carried forward as a bias correction, so that
         an imagined transition's change starts from the real o_step rather than from its blurred
-        reconstruction (measured in benchmarks/README.md, "Adaptation against plain SAC").
+        reconstruction (measured in benchmarks/LOG.md, "Why the model's data hurt: the second look").
 
         `anchor_reward` does the same for the rewards: r̂ + (r_{step−1} − r̂_{step−1}), with r̂_{step−1}
         the reward head's reading of the posterior s_step (zero offset at step 0, where no reward is
