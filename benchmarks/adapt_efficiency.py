@@ -43,6 +43,7 @@ logged to MLflow (experiment `adapt_efficiency`) with the tables.
     python benchmarks/adapt_efficiency.py --targets tuning     # the tuning targets, seeds 0-2, with the diagnostics
     python benchmarks/adapt_efficiency.py --smoke              # a few minutes: tiny data, model and budget
     python benchmarks/adapt_efficiency.py --set fine_tune.enabled=false   # an ablation of the loop (model methods)
+    python benchmarks/adapt_efficiency.py --targets tuning --methods mrcom,null --set replay.share_cap=true   # a guard (docs/adaptation.md)
 
 The last lines, one per domain: `<domain>: mrcom_over_best_control=<MrCoM's mean final ÷ the best
 control's> p=<Holm-corrected paired p against that control>`.
@@ -112,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the adaptation loop, as `mrcom adapt --config` reads it (configs/adapt/loop.yaml)")
     parser.add_argument("--env-steps", type=int, default=None, help="override the loop config's adaptation.env_steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an AdaptationConfig field of the model methods (repeatable), e.g. real_ratio=0.2")
+                        help="an AdaptationConfig field of the model methods (repeatable), e.g. replay.real_ratio=0.2")
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, models, runs and plots")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, into a separate --out")
     parser.add_argument("--device", default="cpu")

@@ -347,6 +347,9 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(safeguard__memory=1.0), "adaptation.safeguard.memory"),
         (dict(safeguard__memory=-0.1), "adaptation.safeguard.memory"),
         (dict(fine_tune__lr=0.0), "adaptation.fine_tune.lr"),
+        (dict(fine_tune__newest=-1), "adaptation.fine_tune.newest"),
+        (dict(replay__share_cap_low=-0.5), "adaptation.replay.share_cap_low"),
+        (dict(replay__share_cap_high=1.0), "adaptation.replay.share_cap_high"),
     ],
 )
 def test_bad_adaptation_settings_name_their_key(changes, key):
@@ -614,6 +617,91 @@ def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
     batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), 0, 17, 6, newest=10)
     errors = open_loop_errors(model.world_model, batch, 3)
     assert all(value.shape == (3,) and torch.isfinite(value).all() for value in errors.values())
+
+
+# --- guards against late collapse (issue 34) --------------------------------------------
+
+# The model feeds the agent (no safeguard), one extra update per step while it does.
+FED = dict(safeguard__enabled=False, replay__model_updates_per_step=1, eval_every=20)
+
+
+def run_record(config: AdaptationConfig, module=None, seed: int = 1):
+    result = adapt(CHEETAH, config, module, use_model=module is not None, seed=seed, progress=False)
+    return result, {key: value for key, value in result.metrics.items() if key != "charts/share_cap"}
+
+
+def test_the_guards_are_off_by_default_and_off_leaves_the_run_as_it_was():
+    assert AdaptationConfig().replay.share_cap is False and AdaptationConfig().fine_tune.newest == 0
+    plain, plain_metrics = run_record(tiny_config(**FED), tiny_model())
+    assert plain.imagined > 0 and "charts/share_cap" not in plain.metrics
+    # Present but off: the same run, step for step.
+    off, off_metrics = run_record(tiny_config(**FED, replay__share_cap=False, replay__share_cap_low=0.1,
+                                              replay__share_cap_high=0.2, fine_tune__newest=0), tiny_model())
+    # On, with a band no model reaches (the whole share everywhere): measuring changes no draw of the run.
+    wide, wide_metrics = run_record(tiny_config(**FED, replay__share_cap=True, replay__share_cap_low=1e6,
+                                                replay__share_cap_high=2e6), tiny_model())
+    assert {value for _, value in wide.metrics["charts/share_cap"]} == {1 - TINY_ADAPT.replay.real_ratio}
+    for other, metrics in ((off, off_metrics), (wide, wide_metrics)):
+        assert other.eval_scores == plain.eval_scores and metrics == plain_metrics
+        assert changed(snapshot(plain.agent), other.agent.state_dict()) == []
+
+
+def test_the_share_cap_keeps_a_broken_models_rows_out_of_sacs_batches():
+    """A model with random weights predicts worse than twice the naive forecast's error: capped, its
+    rows still enter the pool but no SAC batch takes them and the extra updates stop, so the agent
+    learns as plain SAC does, step for step; uncapped, the same model feeds it."""
+    config = tiny_config(**FED)
+    uncapped, _ = run_record(config, tiny_model())
+    capped, _ = run_record(config.replace(**{"replay.share_cap": True}), tiny_model())
+    sac, _ = run_record(config)
+    assert min(value for _, value in capped.metrics["charts/model_error/obs_h1"]) > 2.0  # above share_cap_high
+    assert {value for _, value in capped.metrics["charts/share_cap"]} == {0.0}
+    assert max(value for _, value in uncapped.metrics["charts/imagined_share"]) == 1 - config.replay.real_ratio
+    assert capped.imagined > 0 and all(value == 0 for _, value in capped.metrics["charts/imagined_share"])
+    assert capped.eval_scores == sac.eval_scores and changed(snapshot(sac.agent), capped.agent.state_dict()) == []
+    assert changed(snapshot(sac.agent), uncapped.agent.state_dict()) != []
+
+
+def test_the_share_cap_scales_the_imagined_share_between_its_bounds(monkeypatch):
+    # A one-step error of 1.5 × naive's, halfway between 1 and 2: half of the share of 1 − 0.5.
+    errors = {"model_obs": torch.full((2,), 1.5), "naive_obs": torch.ones(2),
+              "model_reward": torch.ones(2), "naive_reward": torch.ones(2)}
+    monkeypatch.setattr(rounds, "open_loop_errors", lambda *args: errors)
+    result, _ = run_record(tiny_config(**FED, replay__share_cap=True), tiny_model())
+    assert {value for _, value in result.metrics["charts/share_cap"]} == {0.25}
+    n_real = math.ceil(0.75 * TINY_SAC.batch_size)
+    assert {value for _, value in result.metrics["charts/imagined_share"]} == {1 - n_real / TINY_SAC.batch_size}
+
+
+def test_fine_tuning_on_the_newest_transitions_draws_its_windows_there(monkeypatch):
+    history = hopper_history(episodes=3, steps=30)
+    newest = {row.tobytes() for row in history.episodes[-1]["obs"][-10:]}  # what the last 10 transitions end in
+    seen = []
+    monkeypatch.setattr(rounds, "train_steps", lambda module, batches, optimizer: seen.extend(batches) or [])
+    model = tiny_model()
+    for setting in (10, 0):
+        seen.clear()
+        rounds.fine_tune(model, history, FineTuneSettings(steps=3, batch=16, newest=setting), 6, 0, None,
+                         np.random.default_rng(0), "cpu")
+        ends = [row[:15].numpy().tobytes() in newest for batch in seen for row in batch["obs"][:, -1]]
+        assert len(ends) == 48 and (all(ends) if setting else not all(ends))
+    # The loop hands its setting to fine-tuning: the model it adapts ends elsewhere.
+    calls = []
+    original_batch = RealHistory.model_batch
+
+    def recording_batch(self, module, domain, count, *args, **kwargs):
+        calls.append((count, kwargs.get("newest")))
+        return original_batch(self, module, domain, count, *args, **kwargs)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(RealHistory, "model_batch", recording_batch)
+    config = tiny_config(**FED, fine_tune__newest=7)
+    after_newest, after_all = tiny_model(), tiny_model()
+    adapt(CHEETAH, config, after_newest, use_model=True, seed=1, progress=False)
+    assert (config.fine_tune.batch, 7) in calls
+    assert all(newest in (7, None, 20) for _, newest in calls)  # fine-tuning, rollout starts, the error curve
+    adapt(CHEETAH, tiny_config(**FED), after_all, use_model=True, seed=1, progress=False)
+    assert changed(snapshot(after_all), after_newest.state_dict()) != []
 
 
 # --- logged metrics ----------------------------------------------------------------------
