@@ -781,7 +781,7 @@ def test_resolve_targets_rejects_bad_selectors(selector, message):
 def mutating_adapt(starts: list):
     """A stand-in for `adapt` that records the weights it is given, then fine-tunes them (a change)."""
 
-    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu", on_progress=None):
         if use_model:
             starts.append(snapshot(module))
             with torch.no_grad():
@@ -1009,7 +1009,7 @@ def test_mrcom_test_prints_both_scores_with_the_real_steps(monkeypatch, capsys):
     from mrcom_lightning.adaptation import parallel
     from mrcom_lightning.callbacks import ScenarioAdaptation
 
-    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu", on_progress=None):
         score = 12.5 if use_model else 10.0
         return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), score, [config.env_steps], [score], 0, 0.0, None)
 
