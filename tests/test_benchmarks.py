@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -90,3 +91,19 @@ def test_the_benchmark_reads_the_shipped_configs_into_the_settings_it_runs():
     assert dataset.scenarios.domains == ("cheetah", "walker") and training.steps == 10_000
     assert world_model.embed_dim == 64 and world_model.context_length == 8
     assert world_model.obs_normalization == "standardize"  # as the adaptation defaults were measured
+
+
+def test_the_reward_head_flags_reach_the_benchmarks_models_and_leave_the_defaults():
+    """`--reward-head residual` makes benchmarks/imagination.py and adapt_efficiency.py build their
+    world models with the residual head; left out, each keeps its config's (absolute)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_efficiency
+    import imagination
+
+    assert imagination.model_config(imagination.parse_args([])) == imagination.REDUCED
+    assert imagination.REDUCED.reward_head == "absolute"
+    residual = imagination.model_config(imagination.parse_args(["--reward-head", "residual"]))
+    assert residual == dataclasses.replace(imagination.REDUCED, reward_head="residual")
+    _, default, _ = adapt_efficiency.read_world_model_config(adapt_efficiency.parse_args([]))
+    _, changed, _ = adapt_efficiency.read_world_model_config(adapt_efficiency.parse_args(["--reward-head", "residual"]))
+    assert default.reward_head == "absolute" and changed == dataclasses.replace(default, reward_head="residual")
