@@ -73,6 +73,7 @@ from mrcom_lightning.adaptation import AdaptationConfig, adapt  # noqa: E402
 from mrcom_lightning.adaptation.history import RealHistory  # noqa: E402
 from mrcom_lightning.adaptation.imagination import open_loop_errors  # noqa: E402
 from mrcom_lightning.adaptation.loop import collapsed  # noqa: E402
+from mrcom_lightning.adaptation.controls import CONTROLS, IMAGINATION_CONTROLS, control_config  # noqa: E402
 from mrcom_lightning.data.collect import DatasetConfig, collect  # noqa: E402
 from mrcom_lightning.data.episodes import EpisodeStore  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
@@ -86,15 +87,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "adapt"
 SMOKE = dict(seeds="0,1", world_models=2)
 # --smoke: tiny data, model and budget over the configs' settings.
 SMOKE_DATA = {"behaviour": "random", "episodes_per_scenario": 2, "episode_steps": 100, "scenarios.num_train": 2}
-SMOKE_LOOP = {"env_steps": 300, "episode_steps": 100, "eval_every": 100, "eval_episodes": 1, "history_length": 8,
-              "rollout.every": 50, "rollout.starts": 50, "sac.warmup_steps": 100, "sac.hidden_dim": 64, "sac.batch_size": 64}
+SMOKE_LOOP = {"env_steps": 150, "episode_steps": 50, "eval_every": 50, "eval_episodes": 1, "history_length": 8,
+              "rollout.every": 25, "rollout.starts": 25, "fine_tune.steps": 4, "sac.warmup_steps": 50, "sac.hidden_dim": 64,
+              "sac.batch_size": 64}  # fmt: skip
 TARGETS = {  # which scenarios of the set, and the seeds reported on them
     "tuning": {"targets": [("test_id", 0)], "seeds": "0,1,2"},
     "test": {"targets": [("test_id", 1), ("test_ood", 0)], "seeds": "10,11,12,13,14"},
 }
-CONTROLS = ("null", "sac", "sac_utd", "droq")
-DIAGNOSTICS = ("naive_reward", "naive_obs")
-DROQ = dict(critic_dropout=0.01, critic_layer_norm=True)
+DIAGNOSTICS = IMAGINATION_CONTROLS[1:]  # naive_reward, naive_obs: on the tuning targets only
 # What `adapt(use_model=False)` reads of an AdaptationConfig: a model-free run's key.
 MODEL_FREE_FIELDS = ("env_steps", "episode_steps", "eval_every", "eval_episodes", "sac")
 
@@ -193,20 +193,12 @@ def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
 
 
 def method_configs(args: argparse.Namespace) -> dict[str, tuple[bool, AdaptationConfig]]:
-    """(uses the model, settings) of each method: the model methods run the loop config's settings
-    (with `--set`), the model-free controls make plain SAC's or MrCoM's number of updates per real step."""
+    """(uses the model, settings) of each method: MrCoM runs the loop config's settings (with `--set`),
+    the controls and diagnostics are mrcom_lightning/adaptation/controls.py's (the model-free ones
+    from the config's settings without `--set`)."""
     base = read_loop_config(args)
     loop = base.replace(**changes(args.set))
-    utd = {"sac.updates_per_step": loop.sac.updates_per_step + loop.replay.model_updates_per_step}
-    configs = {
-        "mrcom": (True, loop),
-        "sac": (False, base),
-        "sac_utd": (False, base.replace(**utd)),
-        "droq": (False, base.replace(**utd, **{f"sac.{key}": value for key, value in DROQ.items()})),
-    }
-    for imagination in ("null",) + DIAGNOSTICS:
-        configs[imagination] = (True, loop.replace(**{"rollout.imagination": imagination}))
-    return {method: configs[method] for method in args.methods}
+    return {method: (True, loop) if method == "mrcom" else control_config(method, loop, base) for method in args.methods}
 
 
 def dataset_config(args: argparse.Namespace, seed: int) -> DatasetConfig:

@@ -328,6 +328,7 @@ def main() -> None:
         "dataset": dataset.to_dict() | {"root": None}, "model": dataclasses.asdict(model_config(args)),
         **{k: getattr(args, k) for k in ("steps", "lr", "batch_size", "sequence_length", "horizon")},
     }
+    settings = json.loads(json.dumps(settings))  # as a stored seed holds them (tuples read back as lists)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in seeds:
