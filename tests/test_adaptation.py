@@ -102,7 +102,7 @@ def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
     history = hopper_history()
     assert len(history.episodes) == 2
     count, length, horizon = 5, 6, 3
-    batch = history.batch(count, length, TINY.context_length, np.random.default_rng(0), model.domains.index("hopper"), 17, 6)
+    batch = history.batch(count, length, TINY.context_length, np.random.default_rng(0), domain=model.domains.index("hopper"), obs_max=17, act_max=6)
     assert batch["obs"].shape == (count, length + 1, 17) and batch["action"].shape == (count, length, 6)
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_given_start_states_take_their_batch_rows_domain(monkeypatch):
     start state takes its batch row's domain; a count that is not P per row is refused."""
     model = tiny_model()
     wm = model.world_model
-    batch = hopper_history().batch(2, 6, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch = hopper_history().batch(2, 6, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
     batch["domain"] = torch.tensor([0, 1])  # two rows of two domains (hopper's sizes fit both)
     start = wm.start_from_history(batch, [3, 5])  # rows (batch row, position)
     domains, original_rollout = [], wm.rollout
@@ -154,7 +154,7 @@ def test_given_start_states_take_their_batch_rows_domain(monkeypatch):
     out = imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=2, start=start)
     assert domains == [[0, 0, 0, 0, 1, 1, 1, 1]]  # 2 rows x 2 positions x 2 samples
     torch.testing.assert_close(out["obs"].view(4, 2, 2, 15)[:, 0, 0], start.obs[:, :15], rtol=0, atol=0)
-    rows3 = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(1), 0, 17, 6)
+    rows3 = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(1), domain=0, obs_max=17, act_max=6)
     three = wm.start(wm.predict(rows3), rows3, 6)
     with pytest.raises(ValueError, match="3 start states for a batch of 2 rows"):
         imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, start=three)
@@ -164,7 +164,7 @@ def imagined_with(imagination: str, samples: int = 2):
     model, history = tiny_model(), hopper_history()
     with torch.no_grad():  # a reward head that predicts changes (a fresh one predicts 0 everywhere)
         model.world_model.reward_head[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
-    batch = history.batch(4, 6, TINY.context_length, np.random.default_rng(0), model.domains.index("hopper"), 17, 6)
+    batch = history.batch(4, 6, TINY.context_length, np.random.default_rng(0), domain=model.domains.index("hopper"), obs_max=17, act_max=6)
     torch.manual_seed(0)
     policy_generator = torch.Generator().manual_seed(0)
     out = imagine(model.world_model, batch, lambda obs: torch.rand(len(obs), 4, generator=policy_generator) * 2 - 1,
@@ -205,7 +205,7 @@ def test_the_diagnostic_halves_swap_one_prediction_for_the_naive_forecast():
 
 def test_the_null_models_errors_are_the_naive_forecasts():
     model = tiny_model()
-    batch = hopper_history().batch(8, 9, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch = hopper_history().batch(8, 9, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
     errors = open_loop_errors(model.world_model, batch, 3, True, True, imagination="null")
     torch.testing.assert_close(errors["model_obs"], errors["naive_obs"])
     torch.testing.assert_close(errors["model_reward"], errors["naive_reward"])
@@ -290,7 +290,7 @@ def test_fine_tuning_lowers_the_error_on_the_targets_transitions():
     history = hopper_history(episodes=3)
     config = tiny_config(fine_tune__steps=40, fine_tune__lr=3e-3)
     domain = model.domains.index("hopper")
-    held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain, 17, 6)
+    held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain=domain, obs_max=17, act_max=6)
     before = reconstruction_error(model, held)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune.lr)
     loss = rounds.fine_tune(model, history, config.fine_tune, config.history_length, domain, optimizer,
@@ -408,7 +408,7 @@ def test_the_model_pool_feeds_sac(monkeypatch, use_model):
 
 def test_samples_of_one_start_share_actions_and_disagree_by_the_models_sampling():
     model = tiny_model()
-    batch = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
     out = imagine(model.world_model, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=5)
     assert out["obs"].shape == (3 * 5 * 2, 15)
     action = out["action"].view(3, 5, 2, 4)
@@ -614,7 +614,7 @@ def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
         end = next(s for s in range(len(last) - 6) if (last[s : s + 7] == obs).all()) + 6
         assert end >= 30 - 10 + 1
     model = tiny_model()
-    batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), 0, 17, 6, newest=10)
+    batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6, newest=10)
     errors = open_loop_errors(model.world_model, batch, 3)
     assert all(value.shape == (3,) and torch.isfinite(value).all() for value in errors.values())
 
@@ -950,7 +950,7 @@ def model_trained_on_the_target(data_steps: int = 5000, model_steps: int = 1000)
     optimizer = module.configure_optimizers()
     rng = np.random.default_rng(0)
     for _ in range(model_steps):
-        batch = history.batch(32, LEARN.history_length, SMALL.context_length, rng, 0, 17, 6)
+        batch = history.batch(32, LEARN.history_length, SMALL.context_length, rng, domain=0, obs_max=17, act_max=6)
         terms, _ = module.losses(batch)
         optimizer.zero_grad()
         terms["total"].backward()
