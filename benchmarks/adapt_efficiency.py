@@ -167,7 +167,7 @@ def read_world_model_config(args: argparse.Namespace) -> tuple[DatasetConfig, Wo
     parser.add_class_arguments(WorldModelConfig, "world_model")
     for name, kind in (("steps", int), ("lr", float), ("batch_size", int), ("sequence_length", int)):
         parser.add_argument(f"--training.{name}", type=kind, required=True)
-    settings = parser.instantiate_classes(parser.parse_path(args.world_model_config))
+    settings = parser.instantiate(parser.parse_path(args.world_model_config))
     dataset, training, world_model = settings.dataset, settings.training, settings.world_model
     if args.reward_head is not None:
         world_model = dataclasses.replace(world_model, reward_head=args.reward_head)
@@ -184,7 +184,7 @@ def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
     from mrcom_lightning.adaptation.cli import adapt_parser
 
     parser = adapt_parser()
-    loop = parser.instantiate_classes(parser.parse_args(["--config", args.loop_config, "--ckpt_path", "-"])).adaptation
+    loop = parser.instantiate(parser.parse_args(["--config", args.loop_config, "--ckpt_path", "-"])).adaptation
     if args.smoke:
         loop = loop.replace(**SMOKE_LOOP)
     if args.env_steps is not None:

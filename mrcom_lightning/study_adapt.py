@@ -71,7 +71,7 @@ def read_loop(path: str, overrides: list[str]) -> AdaptationConfig:
     parser = adapt_parser()
     parser.exit_on_error = False
     try:
-        return parser.instantiate_classes(parser.parse_args(["--config", path, "--ckpt_path", "-", *overrides])).adaptation
+        return parser.instantiate(parser.parse_args(["--config", path, "--ckpt_path", "-", *overrides])).adaptation
     except (argparse.ArgumentError, TypeError, ValueError) as err:  # a parse error, or a setting's own check
         message = " ".join(str(err).split())[:300]
         raise ValueError(f"--adapt_config {path} with --adapt_overrides {overrides}: {message}") from None

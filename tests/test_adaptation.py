@@ -735,7 +735,7 @@ def test_the_callback_and_mrcom_adapt_share_their_defaults():
     callback_default = inspect.signature(ScenarioAdaptation).parameters["adaptation"].default
     assert callback_default == AdaptationConfig()
     parser = adapt_parser()
-    parsed = parser.instantiate_classes(parser.parse_args(["--ckpt_path", "x.ckpt"]))
+    parsed = parser.instantiate(parser.parse_args(["--ckpt_path", "x.ckpt"]))
     assert parsed.adaptation == AdaptationConfig()
 
 

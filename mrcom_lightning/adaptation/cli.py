@@ -82,7 +82,7 @@ def adapt_main(argv: list[str]) -> None:
     parser = adapt_parser()
     config = parser.parse_args(argv)
     try:
-        settings = parser.instantiate_classes(config)
+        settings = parser.instantiate(config)
         torch.set_num_threads(resolve_threads(settings.threads))
         workers = 1 if torch.device(settings.device).type == "cuda" else settings.workers
         resolve_workers(workers, 1)
