@@ -2,8 +2,10 @@
 the stage that reads them. Each default was measured; benchmarks/LOG.md says where ("Adaptation against
 plain SAC" and its sections, "Issue 23: adaptation against controls that could explain the gain").
 
-The paper's budget is `env_steps=100000 episode_steps=1000 sac.updates_per_step=10`; the
-defaults are sized for a CPU.
+The paper's budget is 100k real steps, 1000-step episodes and 10 SAC updates per real step
+(`env_steps=100000 episode_steps=1000`, and `sac.updates_per_step=3` on real data plus
+`replay.model_updates_per_step=7` while the pool feeds imagined rows: configs/study/adapt_gpu.yaml);
+the defaults are sized for a CPU.
 """
 
 from __future__ import annotations
