@@ -425,6 +425,51 @@ def plot(path: Path, curves: dict, errors: dict, targets: list[str]) -> None:
     plt.close(fig)
 
 
+SUSPECTS = {"charts/model_error/obs_h1": "obs error ÷ naive", "charts/model_error/reward_h1_over_naive": "reward error ÷ naive",
+            "charts/q_mean": "critic's mean Q"}
+
+
+def at_step(points: list, step: int) -> float:
+    """A logged series' value at `step`: the last one logged at or before it (nan if none)."""
+    values = [value for at, value in points if at <= step]
+    return values[-1] if values else math.nan
+
+
+def suspect_table(runs: dict[str, list[dict]]) -> list[str]:
+    """Issue 34's suspect read against the collapses: for each method, the model's errors where the
+    policy went (model methods; the null model's are the naive forecast's, 1 by definition) and the
+    critic's mean Q at each run's best evaluation and at its end, means over the runs that collapsed
+    and over the rest."""
+    lines = ["", "Where runs collapsed, was the model wrong there, or the critic? The model's one-step errors where the "
+             "policy went (per dim and reward, in units of the naive forecast's; the null model's are 1 by definition) "
+             "and the critic's mean Q, at each run's best evaluation → at its end (means over runs, all targets):", "",
+             "| method | runs | " + " | ".join(SUSPECTS.values()) + " | Q above its bound |", "|---|---|" + "---|" * (len(SUSPECTS) + 1)]
+    for method, records in runs.items():
+        for label, group in (("collapsed", [r for r in records if collapsed(r["scores"])]),
+                             ("the rest", [r for r in records if not collapsed(r["scores"])])):
+            if not group:
+                continue
+            cells = []
+            for name in SUSPECTS:
+                best = [at_step(r["metrics"].get(name, []), r["steps"][int(np.argmax(r["scores"]))]) for r in group]
+                end = [at_step(r["metrics"].get(name, []), r["steps"][-1]) for r in group]
+                known = not (np.all(np.isnan(best)) or np.all(np.isnan(end)))
+                cells.append(f"{np.nanmean(best):.3g} → {np.nanmean(end):.3g}" if known else "")
+            diverged = sum(critic_diverged(r) for r in group)
+            lines.append(f"| {method} ({label}) | {len(group)} | " + " | ".join(cells) + f" | {diverged}/{len(group)} |")
+    lines.append(f"(Q above its bound: the critic's mean Q above {Q_BOUND:g} = 2 / (1 − γ) at some point, twice what "
+                 "rewards of at most 1 per step can earn at γ = 0.99, leaving room for SAC's entropy bonus: the critic diverged.)")
+    return lines
+
+
+Q_BOUND = 2.0 / (1.0 - 0.99)  # rewards of at most 1 per step (dm_control) plus room for the entropy bonus; γ = SACConfig.discount
+
+
+def critic_diverged(record: dict) -> bool:
+    """Whether the run's critic's mean Q ever exceeded what any policy can earn."""
+    return any(value > Q_BOUND for _, value in record["metrics"].get("charts/q_mean", []))
+
+
 def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> tuple[str, list[str], dict, dict]:
     """The markdown tables, the last lines, the score curves and the model's error curves."""
     lines = ["| target | method | final | mean over the curve | worst seed | collapsed | n |", "|---|---|---|---|---|---|---|"]
@@ -466,6 +511,7 @@ def report(records: dict, args: argparse.Namespace, target_names: list[str]) -> 
               "| domain | method | MrCoM ÷ method | paired p | Holm p |", "|---|---|---|---|---|"]
     lines += [f"| {d} | {c} | {r:.3f} | {p:.3g} | {q:.3g} |" for (d, c, r, p), q in zip(comparisons, adjusted)]
     last = []
+    lines += suspect_table({m: [records[m, t, s] for t in target_names for s in complete[t]] for m in args.methods})
     for domain in domains:  # late collapse against the null model (issue 34)
         mine = [t for t in target_names if t.split("/")[1] == domain]
         if not {"mrcom", "null"} <= set(args.methods) or not mine:

@@ -70,7 +70,7 @@ def study_parser() -> ArgumentParser:
         "--sizes",
         type=Literal["cpu", "paper"],
         default="cpu",
-        help="cpu: reduced widths and budget (configs/study/cpu.yaml), about an hour on one core; paper: "
+        help="cpu: reduced widths and budget (configs/study/cpu.yaml: its header gives the time); paper: "
         "configs/multi.yaml's sizes (GPUs)",
     )
     parser.add_argument("--base", type=list[str] | None, default=None, help="configs every cell starts from (replaces --sizes)")

@@ -13,6 +13,32 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_the_collapse_table_reads_the_model_and_the_critic_at_the_best_evaluation_and_the_end():
+    """adapt_efficiency.py's issue-34 table on made-up runs: values at each run's best evaluation and
+    at its end (the last logged at or before the step), collapsed runs apart, a critic whose mean Q
+    passed 2 / (1 − γ) counted as diverged."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_efficiency
+
+    def run(scores, obs, q):
+        steps = [500, 1000, 1500]
+        return {"steps": steps, "scores": scores,
+                "metrics": {"charts/model_error/obs_h1": list(zip(steps, obs)), "charts/q_mean": [[250, 1.0], *zip(steps, q)]}}
+
+    runs = {"mrcom": [run([10, 40, 20], [1.0, 1.5, 3.0], [5, 50, 450]),  # collapsed, the critic diverged
+                      run([10, 30, 30], [2.0, 1.0, 1.0], [5, 20, 30])],
+            "sac": [run([5, 25, 10], [9, 9, 9], [3, 4, 5])]}
+    del runs["sac"][0]["metrics"]["charts/model_error/obs_h1"]  # a model-free run has no model errors
+    lines = adapt_efficiency.suspect_table(runs)
+    rows = {line.split(" |")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "(" in line.split("|")[1]}
+    cells = lambda name: [c.strip() for c in rows[name].strip("|").split("|")]  # noqa: E731
+    assert cells("mrcom (collapsed)") == ["mrcom (collapsed)", "1", "1.5 → 3", "", "50 → 450", "1/1"]
+    assert cells("mrcom (the rest)") == ["mrcom (the rest)", "1", "1 → 1", "", "20 → 30", "0/1"]
+    assert cells("sac (collapsed)") == ["sac (collapsed)", "1", "", "", "4 → 5", "0/1"]
+    assert "sac (the rest)" not in rows
+    assert adapt_efficiency.at_step([[250, 1.0], [750, 2.0]], 500) == 1.0
+
+
 @pytest.mark.slow
 def test_the_adaptation_benchmark_runs_every_method_and_resumes(tmp_path):
     out = tmp_path / "adapt"
