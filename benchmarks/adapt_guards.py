@@ -10,7 +10,11 @@ world models and stored runs (`--out`), then tables them side by side:
 * `penalty`: rewards lowered by the K samples' disagreement (MOPO) instead of cutting rollouts there;
 * `share_cap`: the imagined share of SAC's batches falls as the model's one-step error on the
   newest real transitions rises above the naive forecast's;
-* `newest`: twice the fine-tuning steps, on windows among the newest 500 real transitions.
+* `newest`: twice the fine-tuning steps, on windows among the newest 500 real transitions;
+* `droq_critics`: SAC's critics with DroQ's dropout (0.01) and LayerNorm inside MrCoM's loop: in the
+  default run's first collapse the model's error had fallen while the critic's mean Q grew from 14 to
+  406, past anything rewards of at most 1 can earn (benchmarks/LOG.md), and LayerNorm critics are the
+  usual cure for Q divergence at many updates per step.
 
 Reported per row, over both targets and the seeds: final score, mean over the curve, best score and
 the collapse rate (final below 0.7 × the best after reaching 20); each guard against the unguarded
@@ -18,9 +22,9 @@ loop, paired by target and seed, on the final and on the curve mean, with Holm's
 every comparison of the report. The choice, by a rule fixed before the runs: among the rows whose
 collapse rate is no higher than the null model's and whose curve mean is at least 0.9 × the
 unguarded loop's (the early gain kept), the one with the highest mean final; `none` when no row
-qualifies. Last line: `guard_choice=<row> final=<x> curve=<x> collapse_rate=<x> null_collapse_rate=<x>`.
+qualifies. Each row also counts the runs whose critic diverged (mean Q above 2 / (1 − γ)). Last line: `guard_choice=<row> final=<x> curve=<x> collapse_rate=<x> null_collapse_rate=<x>`.
 
-    python benchmarks/adapt_guards.py                 # ~2.5 h on 2 cores (48 runs of 5k real steps)
+    python benchmarks/adapt_guards.py                 # ~3 h on 2 cores, an estimate (54 runs of 5k real steps)
     python benchmarks/adapt_guards.py --report-only   # the table from the runs stored so far
     python benchmarks/adapt_guards.py --smoke         # a few minutes, tiny everything
 """
@@ -46,6 +50,7 @@ GUARDS = {  # row -> the loop settings it changes (adapt_efficiency.py's --set)
     "penalty": ["rollout.uncertainty=penalty"],
     "share_cap": ["replay.share_cap=true"],
     "newest": ["fine_tune.newest=500", "fine_tune.steps=40"],
+    "droq_critics": ["sac.critic_dropout=0.01", "sac.critic_layer_norm=true"],
 }
 CONTROLS = ("null", "naive_reward", "naive_obs")  # run once, beside the unguarded loop
 KEEP_CURVE = 0.9  # a guard keeps the early gain when its curve mean is at least this × the unguarded loop's
@@ -77,7 +82,7 @@ def rows_of(records: dict[str, dict]) -> dict[str, dict]:
     for guard, found in records.items():
         for (method, target, seed), record in found.items():
             name = guard if method == "mrcom" else method
-            rows.setdefault(name, {})[target, seed] = record["scores"]
+            rows.setdefault(name, {})[target, seed] = record
     return rows
 
 
@@ -90,9 +95,10 @@ def summarise(rows: dict[str, dict]) -> tuple[str, str, dict]:
         raise SystemExit("no (target, seed) pair that every row finished")
     stats = {}
     for name, runs in rows.items():
-        curves = [runs[pair] for pair in pairs]
+        curves = [runs[pair]["scores"] for pair in pairs]
         stats[name] = {"final": [c[-1] for c in curves], "curve": [float(np.mean(c)) for c in curves],
-                       "best": [max(c) for c in curves], "collapse_rate": float(np.mean([collapsed(c) for c in curves]))}
+                       "best": [max(c) for c in curves], "collapse_rate": float(np.mean([collapsed(c) for c in curves])),
+                       "diverged": int(sum(bench.critic_diverged(runs[pair]) for pair in pairs))}
     comparisons = []  # (row, measure, ratio, raw p)
     base = stats["unguarded"]
     for name in GUARDS:
@@ -104,15 +110,16 @@ def summarise(rows: dict[str, dict]) -> tuple[str, str, dict]:
     versus = {(n, m): (r, q) for (n, m, r, _), q in zip(comparisons, adjusted)}
     lines = [f"Tuning targets {sorted({t for t, _ in pairs})}, seeds {sorted({s for _, s in pairs})} ({len(pairs)} runs per row); "
              f"against the unguarded loop: paired t-tests, Holm over the {sum(not math.isnan(q) for q in adjusted)} comparisons.", "",
-             "| row | final | mean over the curve | best | collapse rate | final ÷ unguarded (Holm p) | curve ÷ unguarded (Holm p) |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | final | mean over the curve | best | collapse rate | critic diverged | final ÷ unguarded (Holm p) | curve ÷ unguarded (Holm p) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in stats.items():
         cells = []
         for measure in ("final", "curve"):
             ratio, q = versus.get((name, measure), (math.nan, math.nan))
             cells.append(f"{ratio:.3f} ({q:.3g})" if not math.isnan(ratio) else "")
         lines.append(f"| {name} | {np.mean(s['final']):.2f} ± {np.std(s['final']):.2f} | {np.mean(s['curve']):.2f} ± "
-                     f"{np.std(s['curve']):.2f} | {np.mean(s['best']):.2f} | {s['collapse_rate']:.2f} | {cells[0]} | {cells[1]} |")
+                     f"{np.std(s['curve']):.2f} | {np.mean(s['best']):.2f} | {s['collapse_rate']:.2f} | {s['diverged']}/{len(pairs)} | "
+                     f"{cells[0]} | {cells[1]} |")
     null_rate = stats["null"]["collapse_rate"] if "null" in stats else math.nan
     qualified = [n for n in GUARDS if n in stats and stats[n]["collapse_rate"] <= null_rate
                  and np.mean(stats[n]["curve"]) >= KEEP_CURVE * np.mean(base["curve"])]

@@ -152,13 +152,15 @@ def test_the_guard_table_and_its_choice_match_a_hand_computation():
         "penalty": [[1, 2, 3], [1, 2, 3], [1, 2, 4]],  # never collapses, but loses the early gain
         "safeguard": [[10, 50, 10], [10, 40, 40], [5, 10, 12]],  # collapses: not chosen
     }
-    rows = {name: dict(zip(pairs, runs)) for name, runs in curves.items()}
+    rows = {name: {pair: {"scores": scores, "metrics": {"charts/q_mean": [[500, 300.0 if name == "safeguard" else 10.0]]}}
+                   for pair, scores in zip(pairs, runs)} for name, runs in curves.items()}
     table, last, figures = adapt_guards.summarise(rows)
     stats = figures["stats"]
     assert stats["unguarded"]["collapse_rate"] == pytest.approx(1 / 3)
     assert stats["share_cap"]["final"] == [34, 30, 12]
     assert stats["share_cap"]["curve"] == pytest.approx([79 / 3, 70 / 3, 26 / 3])
     assert figures["choice"] == "share_cap"
+    assert stats["safeguard"]["diverged"] == 3 and stats["share_cap"]["diverged"] == 0
     assert last.startswith("guard_choice=share_cap final=25.33 ")
     assert last.endswith("collapse_rate=0.00 null_collapse_rate=0.00")
     # Holm over the 6 comparisons (3 guards × final and curve), in adapt_guards.GUARDS' order.
