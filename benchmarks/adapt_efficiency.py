@@ -43,6 +43,8 @@ logged to MLflow (experiment `adapt_efficiency`) with the tables.
     python benchmarks/adapt_efficiency.py --targets tuning     # the tuning targets, seeds 0-2, with the diagnostics
     python benchmarks/adapt_efficiency.py --smoke              # a few minutes: tiny data, model and budget
     python benchmarks/adapt_efficiency.py --set fine_tune.enabled=false   # an ablation of the loop (model methods)
+    python benchmarks/adapt_efficiency.py --targets tuning --methods mrcom,null --set replay.share_cap=true   # a guard (docs/adaptation.md)
+    python benchmarks/adapt_efficiency.py --targets tuning --reward-head residual   # world models with the residual reward head
 
 The last lines, one per domain: `<domain>: mrcom_over_best_control=<MrCoM's mean final ÷ the best
 control's> p=<Holm-corrected paired p against that control>`.
@@ -111,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loop-config", default=str(CONFIGS / "loop.yaml"),
                         help="the adaptation loop, as `mrcom adapt --config` reads it (configs/adapt/loop.yaml)")
     parser.add_argument("--env-steps", type=int, default=None, help="override the loop config's adaptation.env_steps")
+    parser.add_argument("--reward-head", choices=("absolute", "residual"), default=None,
+                        help="override the world-model config's reward_head (new models; the model-free controls' runs are shared)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an AdaptationConfig field of the model methods (repeatable), e.g. replay.real_ratio=0.2")
     parser.add_argument("--out", default=str(RESULTS / "adapt_efficiency"), help="data, models, runs and plots")
@@ -163,14 +167,16 @@ def read_world_model_config(args: argparse.Namespace) -> tuple[DatasetConfig, Wo
     parser.add_class_arguments(WorldModelConfig, "world_model")
     for name, kind in (("steps", int), ("lr", float), ("batch_size", int), ("sequence_length", int)):
         parser.add_argument(f"--training.{name}", type=kind, required=True)
-    settings = parser.instantiate_classes(parser.parse_path(args.world_model_config))
-    dataset, training = settings.dataset, settings.training
+    settings = parser.instantiate(parser.parse_path(args.world_model_config))
+    dataset, training, world_model = settings.dataset, settings.training, settings.world_model
+    if args.reward_head is not None:
+        world_model = dataclasses.replace(world_model, reward_head=args.reward_head)
     if args.smoke:
         scenarios = dataclasses.replace(dataset.scenarios, num_train=SMOKE_DATA["scenarios.num_train"])
         dataset = dataclasses.replace(dataset, scenarios=scenarios,
                                       **{k: v for k, v in SMOKE_DATA.items() if "." not in k})
         training.steps = 20
-    return dataset, settings.world_model, training
+    return dataset, world_model, training
 
 
 def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
@@ -178,7 +184,7 @@ def read_loop_config(args: argparse.Namespace) -> AdaptationConfig:
     from mrcom_lightning.adaptation.cli import adapt_parser
 
     parser = adapt_parser()
-    loop = parser.instantiate_classes(parser.parse_args(["--config", args.loop_config, "--ckpt_path", "-"])).adaptation
+    loop = parser.instantiate(parser.parse_args(["--config", args.loop_config, "--ckpt_path", "-"])).adaptation
     if args.smoke:
         loop = loop.replace(**SMOKE_LOOP)
     if args.env_steps is not None:

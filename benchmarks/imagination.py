@@ -2,7 +2,7 @@
 
 In imagination the context window rolls forward: each imagined step pushes its own token
 (decoded observation, action, predicted reward) and reads a fresh c. The old behaviour kept c
-frozen at the last real step (`WorldModel.rollout(..., freeze_context=True)`). This benchmark
+frozen at the last real step (`frozen_context` here: the start state without its window). This benchmark
 measures, on held-out scenarios, whether imagination beats the naive forecast (repeat the last
 real observation o_b and the last real reward r_{b-1}) and whether rolling beats freezing.
 
@@ -37,9 +37,12 @@ vs naive, per split (with a paired t-test of rolled vs frozen, which share a mod
     python benchmarks/imagination.py          # 19 min at load 5 on 2 cores: collect 11 min (once), 3 min per seed
     python benchmarks/imagination.py --smoke  # under a minute: tiny data in a temporary folder, 20 steps per seed
     python benchmarks/imagination.py --data main --workers 2   # on the main job's dataset (shipped expert agents)
+    python benchmarks/imagination.py --reward-head residual    # the residual reward head (r_{t-1} + predicted change)
 
 Each seed's results are written to `--out/seed<k>.json` as soon as it finishes; a re-run with
-the same settings loads finished seeds instead of training them again.
+the same settings loads finished seeds instead of training them again. `--reward-head residual`
+trains the reduced model with `reward_head: residual` (WorldModelConfig) and writes to its own
+default `--out` (`...-residual`).
 
 The line before last is `imagined_reward_error_over_naive_ood=<value>` and the last
 `imagined_reward_error_over_naive=<value>`: the rolled context's reward MSE, averaged over
@@ -73,6 +76,7 @@ from mrcom_lightning.data.shipped import dataset_settings  # noqa: E402
 from mrcom_lightning.datamodules import MultiScenarioDataModule  # noqa: E402
 from mrcom_lightning.metrics import masked_mean  # noqa: E402
 from mrcom_lightning.models import WorldModelConfig  # noqa: E402
+from mrcom_lightning.models.world_model import ImaginedState  # noqa: E402
 from mrcom_lightning.module import MrCoM  # noqa: E402
 from mrcom_lightning.scenarios import MetaScenarioSet  # noqa: E402
 
@@ -87,7 +91,7 @@ METHODS = ("rolled", "frozen", "naive")
 METRICS = ("reward_mse", "obs_mse")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="dataset folder (default data/imagination-bench; smoke: a temporary one)")
     parser.add_argument("--out", default=None, help="per-seed results (default benchmarks/results/imagination; smoke: temporary)")
@@ -110,7 +114,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="collection processes")
     parser.add_argument("--smoke", action="store_true", help="tiny data and 20 steps per seed: checks that it runs")
     parser.add_argument("--progress", action="store_true", help="progress bars while collecting")
-    args = parser.parse_args()
+    parser.add_argument("--reward-head", choices=("absolute", "residual"), default="absolute",
+                        help="the model's reward_head (WorldModelConfig): residual predicts the change from r_{t-1}")
+    args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.sac_steps, args.train_scenarios, args.test_scenarios = 20, 400, 1, 1
         args.episodes, args.episode_steps = 2, 100
@@ -144,15 +150,26 @@ def behaviour_returns(root: str, domain: str) -> str:
             f"({mean['expert']:.1f} / {mean['medium']:.1f} on training scenarios)")
 
 
-def train(dm: MultiScenarioDataModule, seed: int, steps: int, lr: float) -> tuple[MrCoM, dict]:
+def model_config(args: argparse.Namespace) -> WorldModelConfig:
+    """REDUCED with `--reward-head`."""
+    return dataclasses.replace(REDUCED, reward_head=args.reward_head)
+
+
+def train(dm: MultiScenarioDataModule, config: WorldModelConfig, seed: int, steps: int, lr: float) -> tuple[MrCoM, dict]:
     torch.manual_seed(seed)
-    module = MrCoM(world_model=REDUCED, domain_dims=dm.domain_dims, num_scenarios=dm.num_scenarios, lr=lr)
+    module = MrCoM(world_model=config, domain_dims=dm.domain_dims, num_scenarios=dm.num_scenarios, lr=lr)
 
     def report(step: int, losses: dict[str, float], seconds: float) -> None:
         rounded = {k: round(v, 3) for k, v in losses.items()}
         print(f"  seed {seed} step {step}/{steps}: losses (mean of last 100) {rounded}, {seconds:.0f}s", flush=True)
 
     return module, train_world_model(module, iter(dm.train_stream()), steps, report)
+
+
+def frozen_context(state: ImaginedState) -> ImaginedState:
+    """The start state without its context window: `WorldModel.step` rolls only a window the state
+    carries, so every imagined step reads the start's c (the behaviour compared against rolling)."""
+    return dataclasses.replace(state, tokens=None)
 
 
 @torch.no_grad()
@@ -176,7 +193,8 @@ def evaluate(module: MrCoM, dm: MultiScenarioDataModule, split: str, horizon: in
         }
         for method, freeze in (("rolled", False), ("frozen", True)):
             torch.manual_seed(1_000_003 * seed + index)  # the same noise for both rollouts of this batch
-            rollout = wm.rollout(state, batch["action"][:, burn_in:], horizon, domain, freeze_context=freeze)
+            start = frozen_context(state) if freeze else state
+            rollout = wm.rollout(start, batch["action"][:, burn_in:], horizon, domain)
             errors[method] = {
                 "obs_mse": masked_mean((rollout.next_obs - real_obs) ** 2, mask),
                 "reward_mse": (rollout.reward - real_reward) ** 2,
@@ -202,7 +220,7 @@ def run_seed(dataset: DatasetConfig, args: argparse.Namespace, seed: int) -> dic
         batch_size=args.batch_size, seed=seed,
     )
     start = time.perf_counter()
-    module, losses = train(dm, seed, args.steps, args.lr)
+    module, losses = train(dm, model_config(args), seed, args.steps, args.lr)
     trained = time.perf_counter()
     splits = {label: evaluate(module, dm, split, args.horizon, seed) for label, split in SPLITS.items()}
     return {
@@ -276,6 +294,8 @@ def main() -> None:
         "own": ("data/imagination-bench", "benchmarks/results/imagination"),
         "main": ("data/multi", "benchmarks/results/imagination-main"),
     }[args.data]
+    if args.reward_head != "absolute":
+        default_out += f"-{args.reward_head}"
     root = args.root or (f"{tmp.name}/data" if tmp else default_root)
     out = Path(args.out or (f"{tmp.name}/results" if tmp else default_out))
     dataset = dataset_config(args, root)
@@ -300,12 +320,12 @@ def main() -> None:
           f"and policy, {s.num_test_id} test_id and {s.num_test_ood} test_ood scenarios per domain, "
           f"{dataset.episode_steps}-step episodes, " + ("shipped agents" if args.data == "main" else
                                                          f"agents trained here for {args.sac_steps} steps"))
-    print(f"model: {dataclasses.asdict(REDUCED)}")
+    print(f"model: {dataclasses.asdict(model_config(args))}")
     print(f"training: {args.steps} steps per seed, batch {args.batch_size} x {args.sequence_length}, lr {args.lr}; "
           f"evaluation: burn-in {args.sequence_length - args.horizon}, H {args.horizon}", flush=True)
 
     settings = {
-        "dataset": dataset.to_dict() | {"root": None}, "model": dataclasses.asdict(REDUCED),
+        "dataset": dataset.to_dict() | {"root": None}, "model": dataclasses.asdict(model_config(args)),
         **{k: getattr(args, k) for k in ("steps", "lr", "batch_size", "sequence_length", "horizon")},
     }
     settings = json.loads(json.dumps(settings))  # as a stored seed holds them (tuples read back as lists)

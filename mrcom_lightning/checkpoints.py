@@ -180,6 +180,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def load_module(path: str | Path):
+    """The MrCoM saved in the Lightning checkpoint at `path`, rebuilt by Lightning, on the CPU.
+
+    The file is checked by `load_checkpoint` first (the same errors, each naming the file); Lightning
+    then reads it weights-only with the same allow-list, so that the module is restored exactly as
+    Lightning restores it, hooks included.
+    """
+    from mrcom_lightning.module import MrCoM
+
+    load_checkpoint(path)
+    with allow_project_globals():
+        return MrCoM.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+
+
 @contextlib.contextmanager
 def exit_on_checkpoint_error(command: str) -> Iterator[None]:
     """Ends a command line tool with one line on stderr and exit status 2 if a checkpoint fails to load.

@@ -116,7 +116,7 @@ class MrCoM(L.LightningModule):
             world_model, self.obs_dims, self.act_dims, num_scenarios, meta_state=w_ms > 0, meta_value=w_mv > 0
         )
         self.wm_loss = WorldModelLoss(
-            self.world_model.twohot.nll,
+            self.world_model.head_twohot.nll,
             kl_dynamics=kl_dynamics,
             kl_representation=kl_representation,
             free_nats=free_nats,
@@ -215,7 +215,7 @@ class MrCoM(L.LightningModule):
                     "state is checkpointed (try a lower model.lr or trainer.gradient_clip_val)"
                 )
         self.log_dict({f"train/loss/{k}": v.detach() for k, v in terms.items()}, prog_bar=False)
-        outside = self.world_model.reward_mass_outside(predictions.reward_logits.detach()).mean()
+        outside = self.world_model.reward_mass_outside(predictions.reward_logits.detach(), predictions.prev_reward).mean()
         self.log("train/reward_mass_outside", outside)
         every = self.hparams.grad_norm_every
         if every and self.global_step % every == 0 and self._trainer is not None and self.trainer.loggers:
@@ -245,7 +245,8 @@ class MrCoM(L.LightningModule):
         obs = wm.denormalize_obs(predictions.obs, domain)
         metrics.update("obs_mse", masked_mean((obs - batch["obs"]) ** 2, mask).mean(1), domain)
         metrics.update("reward_mse", ((predictions.reward - batch["reward"]) ** 2).mean(1), domain)
-        metrics.update("reward_mass_outside", wm.reward_mass_outside(predictions.reward_logits).mean(1), domain)
+        outside = wm.reward_mass_outside(predictions.reward_logits, predictions.prev_reward)
+        metrics.update("reward_mass_outside", outside.mean(1), domain)
         horizon = self.hparams.open_loop_horizon
         burn_in = batch["action"].shape[1] - horizon
         if burn_in >= 0:

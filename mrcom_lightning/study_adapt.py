@@ -25,6 +25,7 @@ from pathlib import Path
 from mrcom_lightning import launch
 from mrcom_lightning.adaptation.controls import CONTROLS, control_config, updates_per_step
 from mrcom_lightning.adaptation.settings import AdaptationConfig
+from mrcom_lightning.checkpoints import load_module
 from mrcom_lightning.scenarios import SPLITS, ScenarioSpec
 
 ADAPT = "adapt"  # in a cell's folder: its adaptations
@@ -70,7 +71,7 @@ def read_loop(path: str, overrides: list[str]) -> AdaptationConfig:
     parser = adapt_parser()
     parser.exit_on_error = False
     try:
-        return parser.instantiate_classes(parser.parse_args(["--config", path, "--ckpt_path", "-", *overrides])).adaptation
+        return parser.instantiate(parser.parse_args(["--config", path, "--ckpt_path", "-", *overrides])).adaptation
     except (argparse.ArgumentError, TypeError, ValueError) as err:  # a parse error, or a setting's own check
         message = " ".join(str(err).split())[:300]
         raise ValueError(f"--adapt_config {path} with --adapt_overrides {overrides}: {message}") from None
@@ -178,10 +179,9 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
 
 def run_unit(unit: Unit, device: str) -> dict:
     """The function of a unit's cell: one adaptation, its record written to `unit.path` at once."""
-    from mrcom_lightning.adaptation.cli import _load_module
     from mrcom_lightning.adaptation.loop import adapt, method_name
 
-    module = _load_module(unit.checkpoint) if unit.use_model else None
+    module = load_module(unit.checkpoint) if unit.use_model else None
     result = adapt(unit.spec, unit.config, module, unit.use_model, unit.seed, progress=False, device=device)
     summary = result.summary()
     record = {

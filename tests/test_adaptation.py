@@ -102,7 +102,7 @@ def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
     history = hopper_history()
     assert len(history.episodes) == 2
     count, length, horizon = 5, 6, 3
-    batch = history.batch(count, length, TINY.context_length, np.random.default_rng(0), model.domains.index("hopper"), 17, 6)
+    batch = history.batch(count, length, TINY.context_length, np.random.default_rng(0), domain=model.domains.index("hopper"), obs_max=17, act_max=6)
     assert batch["obs"].shape == (count, length + 1, 17) and batch["action"].shape == (count, length, 6)
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
@@ -136,11 +136,35 @@ def test_imagined_transitions_come_from_real_latents_and_the_current_policy():
     assert not torch.allclose(other["next_obs"].view(count, horizon, -1)[:, 0], steps["next_obs"][:, 0])
 
 
+def test_given_start_states_take_their_batch_rows_domain(monkeypatch):
+    """`start` (e.g. MAMBA's whole-history states, P per batch row) decides where rollouts start; each
+    start state takes its batch row's domain; a count that is not P per row is refused."""
+    model = tiny_model()
+    wm = model.world_model
+    batch = hopper_history().batch(2, 6, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
+    batch["domain"] = torch.tensor([0, 1])  # two rows of two domains (hopper's sizes fit both)
+    start = wm.start_from_history(batch, [3, 5])  # rows (batch row, position)
+    domains, original_rollout = [], wm.rollout
+
+    def recording_rollout(state, actions, horizon, domain):
+        domains.append(domain.tolist())
+        return original_rollout(state, actions, horizon, domain)
+
+    monkeypatch.setattr(wm, "rollout", recording_rollout)
+    out = imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=2, start=start)
+    assert domains == [[0, 0, 0, 0, 1, 1, 1, 1]]  # 2 rows x 2 positions x 2 samples
+    torch.testing.assert_close(out["obs"].view(4, 2, 2, 15)[:, 0, 0], start.obs[:, :15], rtol=0, atol=0)
+    rows3 = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(1), domain=0, obs_max=17, act_max=6)
+    three = wm.start(wm.predict(rows3), rows3, 6)
+    with pytest.raises(ValueError, match="3 start states for a batch of 2 rows"):
+        imagine(wm, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, start=three)
+
+
 def imagined_with(imagination: str, samples: int = 2):
     model, history = tiny_model(), hopper_history()
     with torch.no_grad():  # a reward head that predicts changes (a fresh one predicts 0 everywhere)
         model.world_model.reward_head[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
-    batch = history.batch(4, 6, TINY.context_length, np.random.default_rng(0), model.domains.index("hopper"), 17, 6)
+    batch = history.batch(4, 6, TINY.context_length, np.random.default_rng(0), domain=model.domains.index("hopper"), obs_max=17, act_max=6)
     torch.manual_seed(0)
     policy_generator = torch.Generator().manual_seed(0)
     out = imagine(model.world_model, batch, lambda obs: torch.rand(len(obs), 4, generator=policy_generator) * 2 - 1,
@@ -181,7 +205,7 @@ def test_the_diagnostic_halves_swap_one_prediction_for_the_naive_forecast():
 
 def test_the_null_models_errors_are_the_naive_forecasts():
     model = tiny_model()
-    batch = hopper_history().batch(8, 9, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch = hopper_history().batch(8, 9, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
     errors = open_loop_errors(model.world_model, batch, 3, True, True, imagination="null")
     torch.testing.assert_close(errors["model_obs"], errors["naive_obs"])
     torch.testing.assert_close(errors["model_reward"], errors["naive_reward"])
@@ -266,7 +290,7 @@ def test_fine_tuning_lowers_the_error_on_the_targets_transitions():
     history = hopper_history(episodes=3)
     config = tiny_config(fine_tune__steps=40, fine_tune__lr=3e-3)
     domain = model.domains.index("hopper")
-    held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain, 17, 6)
+    held = history.batch(32, config.history_length, TINY.context_length, np.random.default_rng(1), domain=domain, obs_max=17, act_max=6)
     before = reconstruction_error(model, held)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.fine_tune.lr)
     loss = rounds.fine_tune(model, history, config.fine_tune, config.history_length, domain, optimizer,
@@ -323,6 +347,9 @@ def test_adapting_with_the_model_needs_a_model():
         (dict(safeguard__memory=1.0), "adaptation.safeguard.memory"),
         (dict(safeguard__memory=-0.1), "adaptation.safeguard.memory"),
         (dict(fine_tune__lr=0.0), "adaptation.fine_tune.lr"),
+        (dict(fine_tune__newest=-1), "adaptation.fine_tune.newest"),
+        (dict(replay__share_cap_low=-0.5), "adaptation.replay.share_cap_low"),
+        (dict(replay__share_cap_high=1.0), "adaptation.replay.share_cap_high"),
     ],
 )
 def test_bad_adaptation_settings_name_their_key(changes, key):
@@ -381,7 +408,7 @@ def test_the_model_pool_feeds_sac(monkeypatch, use_model):
 
 def test_samples_of_one_start_share_actions_and_disagree_by_the_models_sampling():
     model = tiny_model()
-    batch = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(0), 0, 17, 6)
+    batch = hopper_history().batch(3, 6, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6)
     out = imagine(model.world_model, batch, lambda obs: torch.tanh(obs[:, :4]), 2, 15, 4, samples=5)
     assert out["obs"].shape == (3 * 5 * 2, 15)
     action = out["action"].view(3, 5, 2, 4)
@@ -587,9 +614,94 @@ def test_the_safeguard_measures_windows_ending_among_the_newest_transitions():
         end = next(s for s in range(len(last) - 6) if (last[s : s + 7] == obs).all()) + 6
         assert end >= 30 - 10 + 1
     model = tiny_model()
-    batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), 0, 17, 6, newest=10)
+    batch = history.batch(8, 6 + 3, TINY.context_length, np.random.default_rng(0), domain=0, obs_max=17, act_max=6, newest=10)
     errors = open_loop_errors(model.world_model, batch, 3)
     assert all(value.shape == (3,) and torch.isfinite(value).all() for value in errors.values())
+
+
+# --- guards against late collapse (issue 34) --------------------------------------------
+
+# The model feeds the agent (no safeguard), one extra update per step while it does.
+FED = dict(safeguard__enabled=False, replay__model_updates_per_step=1, eval_every=20)
+
+
+def run_record(config: AdaptationConfig, module=None, seed: int = 1):
+    result = adapt(CHEETAH, config, module, use_model=module is not None, seed=seed, progress=False)
+    return result, {key: value for key, value in result.metrics.items() if key != "charts/share_cap"}
+
+
+def test_the_guards_are_off_by_default_and_off_leaves_the_run_as_it_was():
+    assert AdaptationConfig().replay.share_cap is False and AdaptationConfig().fine_tune.newest == 0
+    plain, plain_metrics = run_record(tiny_config(**FED), tiny_model())
+    assert plain.imagined > 0 and "charts/share_cap" not in plain.metrics
+    # Present but off: the same run, step for step.
+    off, off_metrics = run_record(tiny_config(**FED, replay__share_cap=False, replay__share_cap_low=0.1,
+                                              replay__share_cap_high=0.2, fine_tune__newest=0), tiny_model())
+    # On, with a band no model reaches (the whole share everywhere): measuring changes no draw of the run.
+    wide, wide_metrics = run_record(tiny_config(**FED, replay__share_cap=True, replay__share_cap_low=1e6,
+                                                replay__share_cap_high=2e6), tiny_model())
+    assert {value for _, value in wide.metrics["charts/share_cap"]} == {1 - TINY_ADAPT.replay.real_ratio}
+    for other, metrics in ((off, off_metrics), (wide, wide_metrics)):
+        assert other.eval_scores == plain.eval_scores and metrics == plain_metrics
+        assert changed(snapshot(plain.agent), other.agent.state_dict()) == []
+
+
+def test_the_share_cap_keeps_a_broken_models_rows_out_of_sacs_batches():
+    """A model with random weights predicts worse than twice the naive forecast's error: capped, its
+    rows still enter the pool but no SAC batch takes them and the extra updates stop, so the agent
+    learns as plain SAC does, step for step; uncapped, the same model feeds it."""
+    config = tiny_config(**FED)
+    uncapped, _ = run_record(config, tiny_model())
+    capped, _ = run_record(config.replace(**{"replay.share_cap": True}), tiny_model())
+    sac, _ = run_record(config)
+    assert min(value for _, value in capped.metrics["charts/model_error/obs_h1"]) > 2.0  # above share_cap_high
+    assert {value for _, value in capped.metrics["charts/share_cap"]} == {0.0}
+    assert max(value for _, value in uncapped.metrics["charts/imagined_share"]) == 1 - config.replay.real_ratio
+    assert capped.imagined > 0 and all(value == 0 for _, value in capped.metrics["charts/imagined_share"])
+    assert capped.eval_scores == sac.eval_scores and changed(snapshot(sac.agent), capped.agent.state_dict()) == []
+    assert changed(snapshot(sac.agent), uncapped.agent.state_dict()) != []
+
+
+def test_the_share_cap_scales_the_imagined_share_between_its_bounds(monkeypatch):
+    # A one-step error of 1.5 × naive's, halfway between 1 and 2: half of the share of 1 − 0.5.
+    errors = {"model_obs": torch.full((2,), 1.5), "naive_obs": torch.ones(2),
+              "model_reward": torch.ones(2), "naive_reward": torch.ones(2)}
+    monkeypatch.setattr(rounds, "open_loop_errors", lambda *args: errors)
+    result, _ = run_record(tiny_config(**FED, replay__share_cap=True), tiny_model())
+    assert {value for _, value in result.metrics["charts/share_cap"]} == {0.25}
+    n_real = math.ceil(0.75 * TINY_SAC.batch_size)
+    assert {value for _, value in result.metrics["charts/imagined_share"]} == {1 - n_real / TINY_SAC.batch_size}
+
+
+def test_fine_tuning_on_the_newest_transitions_draws_its_windows_there(monkeypatch):
+    history = hopper_history(episodes=3, steps=30)
+    newest = {row.tobytes() for row in history.episodes[-1]["obs"][-10:]}  # what the last 10 transitions end in
+    seen = []
+    monkeypatch.setattr(rounds, "train_steps", lambda module, batches, optimizer: seen.extend(batches) or [])
+    model = tiny_model()
+    for setting in (10, 0):
+        seen.clear()
+        rounds.fine_tune(model, history, FineTuneSettings(steps=3, batch=16, newest=setting), 6, 0, None,
+                         np.random.default_rng(0), "cpu")
+        ends = [row[:15].numpy().tobytes() in newest for batch in seen for row in batch["obs"][:, -1]]
+        assert len(ends) == 48 and (all(ends) if setting else not all(ends))
+    # The loop hands its setting to fine-tuning: the model it adapts ends elsewhere.
+    calls = []
+    original_batch = RealHistory.model_batch
+
+    def recording_batch(self, module, domain, count, *args, **kwargs):
+        calls.append((count, kwargs.get("newest")))
+        return original_batch(self, module, domain, count, *args, **kwargs)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(RealHistory, "model_batch", recording_batch)
+    config = tiny_config(**FED, fine_tune__newest=7)
+    after_newest, after_all = tiny_model(), tiny_model()
+    adapt(CHEETAH, config, after_newest, use_model=True, seed=1, progress=False)
+    assert (config.fine_tune.batch, 7) in calls
+    assert all(newest in (7, None, 20) for _, newest in calls)  # fine-tuning, rollout starts, the error curve
+    adapt(CHEETAH, tiny_config(**FED), after_all, use_model=True, seed=1, progress=False)
+    assert changed(snapshot(after_all), after_newest.state_dict()) != []
 
 
 # --- logged metrics ----------------------------------------------------------------------
@@ -623,7 +735,7 @@ def test_the_callback_and_mrcom_adapt_share_their_defaults():
     callback_default = inspect.signature(ScenarioAdaptation).parameters["adaptation"].default
     assert callback_default == AdaptationConfig()
     parser = adapt_parser()
-    parsed = parser.instantiate_classes(parser.parse_args(["--ckpt_path", "x.ckpt"]))
+    parsed = parser.instantiate(parser.parse_args(["--ckpt_path", "x.ckpt"]))
     assert parsed.adaptation == AdaptationConfig()
 
 
@@ -669,7 +781,7 @@ def test_resolve_targets_rejects_bad_selectors(selector, message):
 def mutating_adapt(starts: list):
     """A stand-in for `adapt` that records the weights it is given, then fine-tunes them (a change)."""
 
-    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu", on_progress=None):
         if use_model:
             starts.append(snapshot(module))
             with torch.no_grad():
@@ -838,7 +950,7 @@ def model_trained_on_the_target(data_steps: int = 5000, model_steps: int = 1000)
     optimizer = module.configure_optimizers()
     rng = np.random.default_rng(0)
     for _ in range(model_steps):
-        batch = history.batch(32, LEARN.history_length, SMALL.context_length, rng, 0, 17, 6)
+        batch = history.batch(32, LEARN.history_length, SMALL.context_length, rng, domain=0, obs_max=17, act_max=6)
         terms, _ = module.losses(batch)
         optimizer.zero_grad()
         terms["total"].backward()
@@ -897,7 +1009,7 @@ def test_mrcom_test_prints_both_scores_with_the_real_steps(monkeypatch, capsys):
     from mrcom_lightning.adaptation import parallel
     from mrcom_lightning.callbacks import ScenarioAdaptation
 
-    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu"):
+    def fake(target, config, module=None, use_model=True, seed=0, progress=True, device="cpu", on_progress=None):
         score = 12.5 if use_model else 10.0
         return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), score, [config.env_steps], [score], 0, 0.0, None)
 

@@ -202,6 +202,24 @@ def test_cadm_context_separates_two_scenarios_and_its_losses_fall():
 
 
 @pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_takes_the_residual_reward_head(name):
+    """`reward_head: residual` in every baseline: the head reads r_{t−1} (MAMBA's loss window keeps
+    r_{t−1}'s term at s_t as before), trains on Δ, and imagination hands out rewards from the last
+    real one, anchoring adding nothing."""
+    model = tiny_baseline(name, world_model={"reward_head": "residual"})
+    wm, batch = model.world_model, synthetic_batch(steps=10)
+    terms, predictions = model.losses(batch, window_step=0)
+    assert torch.equal(predictions.prev_reward[:, 1:], batch["reward"][:, :-1]) and torch.isfinite(terms["total"])
+    terms["total"].backward()
+    assert wm.reward_head[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        state = wm.start(predictions, batch, 6, anchor=True, anchor_reward=True)
+        rollout = wm.rollout(state, batch["action"][:, 6:9], 3, batch["domain"])
+    assert torch.count_nonzero(state.reward_offset) == 0
+    assert ((rollout.reward >= 0) & (rollout.reward <= 1)).all()
+
+
+@pytest.mark.parametrize("name", BASELINES)
 def test_baseline_adapts_a_few_steps(name):
     model = tiny_baseline(name, dims={"hopper": (15, 4), "cheetah": (17, 6)})
     config = TINY_ADAPT.replace(**{"safeguard.enabled": False})  # imagine whatever the tiny model's errors

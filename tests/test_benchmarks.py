@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -116,3 +117,62 @@ def test_the_benchmark_reads_the_shipped_configs_into_the_settings_it_runs():
     assert dataset.scenarios.domains == ("cheetah", "walker") and training.steps == 10_000
     assert world_model.embed_dim == 64 and world_model.context_length == 8
     assert world_model.obs_normalization == "standardize"  # as the adaptation defaults were measured
+
+
+def test_the_reward_head_flags_reach_the_benchmarks_models_and_leave_the_defaults():
+    """`--reward-head residual` makes benchmarks/imagination.py and adapt_efficiency.py build their
+    world models with the residual head; left out, each keeps its config's (absolute)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_efficiency
+    import imagination
+
+    assert imagination.model_config(imagination.parse_args([])) == imagination.REDUCED
+    assert imagination.REDUCED.reward_head == "absolute"
+    residual = imagination.model_config(imagination.parse_args(["--reward-head", "residual"]))
+    assert residual == dataclasses.replace(imagination.REDUCED, reward_head="residual")
+    _, default, _ = adapt_efficiency.read_world_model_config(adapt_efficiency.parse_args([]))
+    _, changed, _ = adapt_efficiency.read_world_model_config(adapt_efficiency.parse_args(["--reward-head", "residual"]))
+    assert default.reward_head == "absolute" and changed == dataclasses.replace(default, reward_head="residual")
+
+
+def test_the_guard_table_and_its_choice_match_a_hand_computation():
+    """benchmarks/adapt_guards.py on made-up curves: the statistics, the Holm correction and the
+    rule that picks a guard (collapse rate no higher than the null model's, curve mean ≥ 0.9 × the
+    unguarded loop's, then the highest final)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import adapt_guards
+
+    from mrcom_lightning.stats import holm, paired_p_value
+
+    pairs = [("test_id/cheetah/0", 0), ("test_id/cheetah/0", 1), ("test_id/walker/0", 0)]
+    curves = {  # three runs per row; unguarded collapses once (40 -> 20), share_cap never does
+        "unguarded": [[10, 40, 20], [10, 30, 28], [5, 10, 12]],
+        "null": [[5, 20, 19], [5, 15, 15], [2, 4, 6]],
+        "share_cap": [[10, 35, 34], [10, 30, 30], [5, 9, 12]],
+        "penalty": [[1, 2, 3], [1, 2, 3], [1, 2, 4]],  # never collapses, but loses the early gain
+        "safeguard": [[10, 50, 10], [10, 40, 40], [5, 10, 12]],  # collapses: not chosen
+    }
+    rows = {name: {pair: {"scores": scores, "metrics": {"charts/q_mean": [[500, 300.0 if name == "safeguard" else 10.0]]}}
+                   for pair, scores in zip(pairs, runs)} for name, runs in curves.items()}
+    table, last, figures = adapt_guards.summarise(rows)
+    stats = figures["stats"]
+    assert stats["unguarded"]["collapse_rate"] == pytest.approx(1 / 3)
+    assert stats["share_cap"]["final"] == [34, 30, 12]
+    assert stats["share_cap"]["curve"] == pytest.approx([79 / 3, 70 / 3, 26 / 3])
+    assert figures["choice"] == "share_cap"
+    assert stats["safeguard"]["diverged"] == 3 and stats["share_cap"]["diverged"] == 0
+    assert last.startswith("guard_choice=share_cap final=25.33 ")
+    assert last.endswith("collapse_rate=0.00 null_collapse_rate=0.00")
+    # Holm over the 6 comparisons (3 guards × final and curve), in adapt_guards.GUARDS' order.
+    raw = []
+    for name in ("safeguard", "penalty", "share_cap"):
+        for measure in ("final", "curve"):
+            raw.append(paired_p_value(stats[name][measure], stats["unguarded"][measure]))
+    expected = dict(zip([f"{n}/{m}" for n in ("safeguard", "penalty", "share_cap") for m in ("final", "curve")], holm(raw)))
+    for key, (ratio, q) in figures["versus"].items():
+        assert q == pytest.approx(expected[key], nan_ok=True)
+    assert figures["versus"]["share_cap/final"][0] == pytest.approx(76 / 60)
+    assert "Holm over the 6 comparisons" in table
+
+    del rows["share_cap"]  # only penalty keeps collapse at the null model's rate, and it lost the gain
+    assert adapt_guards.summarise(rows)[2]["choice"] == "none"

@@ -101,15 +101,21 @@ def test_imagined_contexts_and_rewards_depend_on_the_imagined_actions():
     assert not torch.allclose(r_a, r_b)
 
 
-def test_a_frozen_context_stays_at_the_start_value():
+def test_a_state_without_its_context_window_keeps_the_start_context():
+    """benchmarks/imagination.py's frozen context (`frozen_context`): the start state without its
+    tokens steps with c held at the start's value, while the window it would carry rolls c."""
     model, batch = make_model(), synthetic_batch()
     wm = model.world_model
     with torch.no_grad():
         predictions = wm.predict(batch)
-        state = wm.start(predictions, batch, 6)
+        rolling = wm.start(predictions, batch, 6)
+        frozen = dataclasses.replace(rolling, tokens=None)
         for h in range(3):
-            state, _ = wm.step(state, batch["action"][:, 6 + h], batch["domain"], freeze_context=True)
-            assert torch.equal(state.context, predictions.context[:, 6])
+            action = batch["action"][:, 6 + h]
+            frozen, _ = wm.step(frozen, action, batch["domain"])
+            rolling, _ = wm.step(rolling, action, batch["domain"])
+            assert torch.equal(frozen.context, predictions.context[:, 6]) and frozen.tokens is None
+        assert not torch.allclose(rolling.context, predictions.context[:, 6])
 
 
 def action_reward_batch(seed: int, batch: int = 16, steps: int = 12):
@@ -200,3 +206,43 @@ def test_anchored_rewards_are_the_last_real_reward_plus_the_predicted_change(mon
     # At the first real step no reward is known: no offset.
     with torch.no_grad():
         assert torch.count_nonzero(wm.start(predictions, batch, 0, anchor_reward=True).reward_offset) == 0
+
+
+def test_residual_rewards_roll_from_the_last_real_reward():
+    """`reward_head: residual` in imagination: step h reads r̂_{h−1}, the previous step's predicted
+    reward (the first, the real last reward), and hands out r̂_h = r̂_{h−1} + E[Δ_h] clipped to
+    [0, 1]. `anchor_reward` gives a zero offset there (the head already starts from the real
+    reward), and the naive control still repeats the real start's reward."""
+    model = make_model(world_model=dataclasses.replace(TINY, reward_head="residual"))
+    wm, batch = model.world_model, synthetic_batch()
+    seen = []
+    wm.reward_head.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+    with torch.no_grad():
+        wm.reward_head[-1].weight.normal_(std=0.3, generator=torch.Generator().manual_seed(5))  # a nonzero change
+        predictions = wm.predict(batch)
+
+        def rollout(**start):
+            torch.manual_seed(1)
+            seen.clear()
+            state = wm.start(predictions, batch, 6, **start)
+            return wm.rollout(state, batch["action"][:, 6:11], 5, batch["domain"]), state
+
+        plain, state = rollout()
+        base = batch["reward"][:, 5]
+        assert torch.equal(state.prev_reward, base) and len(seen) == 5
+        for h, (inputs, logits) in enumerate(seen):
+            assert torch.equal(inputs[:, -1], base), h
+            torch.testing.assert_close(plain.reward[:, h], (base + wm.change_twohot.mean(logits)).clamp(0.0, 1.0))
+            base = plain.reward[:, h]
+        inside = (plain.reward > 0) & (plain.reward < 1)
+        assert inside.float().mean() > 0.5 and not torch.allclose(plain.reward[:, 1:], plain.reward[:, :-1])
+        anchored, anchored_state = rollout(anchor_reward=True)
+        assert torch.count_nonzero(anchored_state.reward_offset) == 0
+        torch.testing.assert_close(anchored.reward, plain.reward)
+        torch.manual_seed(1)
+        naive = wm.rollout(dataclasses.replace(state, naive_reward=True), batch["action"][:, 6:11], 5, batch["domain"])
+        assert torch.equal(naive.reward, batch["reward"][:, 5:6].expand(-1, 5))
+        # From the first real step no reward is known: the first base is 0, as in training.
+        seen.clear()
+        wm.step(wm.start(predictions, batch, 0), batch["action"][:, 0], batch["domain"])
+        assert torch.count_nonzero(seen[0][0][:, -1]) == 0

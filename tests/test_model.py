@@ -323,3 +323,9 @@ def test_reward_bin_settings_reach_the_head_and_bad_ranges_are_refused():
     assert torch.isfinite(terms["total"])
     with pytest.raises(ValueError, match="reward_bin_range.*low < high"):
         WorldModelConfig(reward_bin_range=(1.0, 0.0))
+
+
+def test_an_unknown_reward_head_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"model\.world_model\.reward_head must be absolute or residual, got 'relative'"):
+        WorldModelConfig(reward_head="relative")
+    assert WorldModelConfig(reward_head="residual").reward_head == "residual"

@@ -4,6 +4,7 @@ scores, and one progress bar over them (issue 33)."""
 from __future__ import annotations
 
 import io
+import math
 import re
 import types
 from pathlib import Path
@@ -151,3 +152,16 @@ def test_no_bar_when_progress_bars_are_off(capsys):
     callback._run(trainer(progress_bar=False), tiny_model(), callback.targets, baseline=False)
     captured = capsys.readouterr()
     assert "Adaptation" not in captured.out + captured.err and "step/s" not in captured.out + captured.err
+
+
+def test_adapt_reports_its_progress_every_few_steps_and_at_each_evaluation():
+    from mrcom_lightning.adaptation import adapt, loop
+
+    calls = []
+    hopper = SCENARIOS.draw("val")[0]
+    result = adapt(hopper, TINY_ADAPT, None, use_model=False, progress=False, on_progress=lambda *args: calls.append(args))
+    every = loop.PROGRESS_EVERY
+    assert [steps for steps, _ in calls] == list(range(every, TINY_ADAPT.env_steps + 1, every))
+    scores = dict(calls)
+    assert all(math.isnan(scores[steps]) for steps in range(every, TINY_ADAPT.eval_every, every))
+    assert [scores[steps] for steps in result.eval_steps] == result.eval_scores

@@ -168,9 +168,9 @@ def test_checkpoints_naming_a_class_where_it_used_to_live_still_load(tmp_path, m
 
 
 def test_lightning_loads_a_legitimate_checkpoint_in_the_allow_list_context(good_ckpt):
-    from mrcom_lightning.adaptation.cli import _load_module
+    from mrcom_lightning.checkpoints import load_module
 
-    module = _load_module(str(good_ckpt))
+    module = load_module(str(good_ckpt))
     assert module.hparams.world_model == TINY
     reference = load_checkpoint(good_ckpt)["state_dict"]
     assert all(torch.equal(value, reference[name]) for name, value in module.state_dict().items())

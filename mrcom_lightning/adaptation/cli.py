@@ -12,7 +12,7 @@ from mrcom_lightning import tracking
 from mrcom_lightning.adaptation.parallel import AdaptationRun, adapt_all
 from mrcom_lightning.adaptation.settings import AdaptationConfig
 from mrcom_lightning.adaptation.targets import resolve_targets
-from mrcom_lightning.checkpoints import allow_project_globals, exit_on_checkpoint_error, load_checkpoint
+from mrcom_lightning.checkpoints import exit_on_checkpoint_error, load_checkpoint, load_module
 from mrcom_lightning.threads import Threads, resolve_threads, resolve_workers
 
 
@@ -78,23 +78,11 @@ def _log(tracking_uri: str, experiment: str, ckpt_path: str, name: str, seed: in
     return run_id
 
 
-def _load_module(ckpt_path: str):
-    """The MrCoM of a checkpoint that `load_checkpoint` has accepted, rebuilt by Lightning.
-
-    Lightning reads the file again (weights-only, with the same allow-list) so that the module
-    is restored exactly as Lightning restores it, hooks included.
-    """
-    from mrcom_lightning.module import MrCoM
-
-    with allow_project_globals():
-        return MrCoM.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-
-
 def adapt_main(argv: list[str]) -> None:
     parser = adapt_parser()
     config = parser.parse_args(argv)
     try:
-        settings = parser.instantiate_classes(config)
+        settings = parser.instantiate(config)
         torch.set_num_threads(resolve_threads(settings.threads))
         workers = 1 if torch.device(settings.device).type == "cuda" else settings.workers
         resolve_workers(workers, 1)
@@ -111,7 +99,7 @@ def adapt_main(argv: list[str]) -> None:
         targets = resolve_targets(scenarios, settings.target)
     except (ValueError, KeyError) as err:
         parser.error(str(err))
-    module = _load_module(ckpt_file)
+    module = load_module(ckpt_file)
     methods = (True, False) if settings.baseline else (True,)
     runs = [AdaptationRun(name, spec, use_model, seed) for name, spec in targets.items() for seed in settings.seeds
             for use_model in methods]  # fmt: skip

@@ -104,11 +104,11 @@ class RealHistory:
         newest: int | None = None,
     ) -> Batch | None:
         """`batch(...)` sized for `module` (an `MrCoM`): its prompt length and padded sizes, domain id `domain`."""
-        return self.batch(count, length, module.world_model.config.context_length, rng, domain, max(module.obs_dims),
-                          max(module.act_dims), device, newest)
+        return self.batch(count, length, module.world_model.config.context_length, rng, domain=domain,
+                          obs_max=max(module.obs_dims), act_max=max(module.act_dims), device=device, newest=newest)
 
     def batch(
-        self, count: int, length: int, prompt_length: int, rng: np.random.Generator, domain: int, obs_max: int,
+        self, count: int, length: int, prompt_length: int, rng: np.random.Generator, *, domain: int, obs_max: int,
         act_max: int, device: str | torch.device = "cpu", newest: int | None = None,
     ) -> Batch | None:
         """`windows(...)` as the world model's batch of domain id `domain`."""

@@ -73,13 +73,22 @@ def imagine(
     of policy learning.
 
     `start` gives the start states instead (e.g. `WorldModel.start_from_history`, MAMBA's states
-    inferred over the whole real history); `batch` then only supplies the domain and padded sizes.
+    inferred over the whole real history); `batch` then only supplies the domains and padded sizes:
+    the start's rows are ordered (batch row, position) as `start_from_history` gives them, P rows per
+    batch row, each of its batch row's domain. `start` alone decides: without it the starts are the
+    ends of `batch`'s windows, one per row.
     """
     if start is None:
         predictions = world_model.predict(batch)
         start = world_model.start(predictions, batch, batch["action"].shape[1], anchor, anchor_reward)
+        start_domain = batch["domain"]
+    else:
+        per_row, rest = divmod(start.obs.shape[0], len(batch["domain"]))
+        if rest or not per_row:
+            raise ValueError(f"imagine: {start.obs.shape[0]} start states for a batch of {len(batch['domain'])} rows; "
+                             "`start` needs the same number of states (positions) per batch row")
+        start_domain = batch["domain"].repeat_interleave(per_row)
     starts = start.obs.shape[0]
-    start_domain = batch["domain"][:1].expand(starts) if len(batch["domain"]) != starts else batch["domain"]
     start = _repeated(_with_imagination(start, imagination), samples)
     domain = start_domain.repeat_interleave(samples)
     act_max = batch["action"].shape[-1]
@@ -123,7 +132,7 @@ def per_dim_relative_errors(
     jump the real system does not make. A plain MSE over dims hides that: in raw or symlog units
     the velocities' large errors outweigh every joint angle, so a model can beat the naive
     forecast on the mean while missing each angle's change many times over (measured in
-    benchmarks/README.md, "Why the model's data hurt: the second look")."""
+    benchmarks/LOG.md, "Why the model's data hurt: the second look")."""
     weight = mask[:, None, :].to(real.dtype)
     rows = weight.sum(0).clamp(min=1)
 

@@ -9,8 +9,9 @@ has started, every `rollout.every` steps a model round; then SAC updates, each o
 mixes `replay.real_ratio` real rows with imagined ones while the pool holds any. A model round:
 1. safeguard (when enabled): the model's errors on the newest real transitions against the
    naive forecast decide how many imagined steps are trusted (none: the pool is emptied and the
-   run is plain SAC's from there);
-2. fine-tuning of the world model on the target's real history so far;
+   run is plain SAC's from there); the share cap (when enabled) scales the imagined share of SAC's
+   batches down as the model's one-step error there rises (at 0: real rows only);
+2. fine-tuning of the world model on the target's real history so far (or its newest part);
 3. rollouts from real latents, K samples per start, cut where the samples disagree (or their
    reward penalised), into the model pool.
 At every evaluation the model's errors where the policy goes now are logged beside the score.
@@ -23,6 +24,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from mrcom_lightning.adaptation.rounds import (
     fine_tune,
     imagined_transitions,
     model_errors,
+    share_cap,
     trusted_horizon,
 )
 from mrcom_lightning.adaptation.settings import AdaptationConfig
@@ -43,6 +46,8 @@ from mrcom_lightning.agents import SAC, ReplayBuffer, evaluate
 from mrcom_lightning.datamodules import meta_episode_batch
 from mrcom_lightning.scenarios import ScenarioSpec, make_env
 from mrcom_lightning.seeding import derive_seed
+
+PROGRESS_EVERY = 10  # real steps between calls of `adapt`'s `on_progress` (besides each evaluation)
 
 # SAC.update's keys under CleanRL's names.
 SAC_METRICS = {
@@ -150,17 +155,21 @@ def adapt(
     seed: int = 0,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    on_progress: Callable[[int, float], None] | None = None,
 ) -> AdaptationResult:
     """Learns a policy for `target` with SAC on real transitions and, with `use_model`, on rollouts of
     `module`'s world model (a trained `MrCoM`). Returns the final score, the evaluation curve and the
     logged metrics. With `config.fine_tune.enabled`, `module` itself is trained: pass a copy to keep
     the original.
 
+    `progress` shows a tqdm bar; `on_progress(real steps done, last evaluation score)` (NaN before the
+    first) is called every `PROGRESS_EVERY` real steps and at each evaluation, the last step included.
+
     The agent's own draws (environment, replay, actions) do not depend on the model: when the
     safeguard trusts the model nowhere, the run is plain SAC's with the same seed, step for step."""
     device = torch.device(device)
     with _own_torch_rng(derive_seed(seed, "world model"), device):
-        return _adapt(target, config, module, use_model, seed, progress, device)
+        return _adapt(target, config, module, use_model, seed, progress, device, on_progress)
 
 
 class ModelStage:
@@ -186,22 +195,30 @@ class ModelStage:
         self.pool = ReplayBuffer(self.obs_dim, self.act_dim, self.pool_size)
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.fine_tune.lr) if config.fine_tune.enabled else None
         self.safeguard_errors = ErrorAverage(config.safeguard.memory)
+        self.cap = 1.0  # the share cap's factor on the imagined share (1 until measured)
         self.window_rng = np.random.default_rng(derive_seed(seed, "model windows"))
         self.error_rng = np.random.default_rng(derive_seed(seed, "model errors"))  # measuring leaves the run as it is
+        self.cap_rng = np.random.default_rng(derive_seed(seed, "share cap"))
         # Imagination acts with its own generator, so that the agent's draws do not depend on it.
         generator = torch.Generator(device).manual_seed(derive_seed(seed, "imagination policy"))
         self.policy = lambda obs: agent.actor(obs, generator=generator)[0]
         self.imagined = 0
 
     def round(self, history: RealHistory) -> dict[str, float]:
-        """Safeguard, fine-tuning and rollouts into the pool; the values to log."""
+        """Safeguard, share cap, fine-tuning and rollouts into the pool; the values to log."""
         config, rollout, logged = self.config, self.config.rollout, {}
-        horizon = rollout.horizon
+        horizon, errors = rollout.horizon, None
         if config.safeguard.enabled:
             errors = model_errors(self.module, history, rollout, config.error_windows, config.history_length, self.domain,
                                   self.window_rng, self.device, newest=rollout.every)
             horizon, values = trusted_horizon(errors, config.safeguard, self.safeguard_errors)
             logged |= values
+        if config.replay.share_cap:
+            if not config.safeguard.enabled:  # measured with draws of its own: the run is as it would be
+                errors = self.measure(history, self.cap_rng, rollout.every)
+            if errors is not None:  # without a measurement the cap stays as it was
+                self.cap = share_cap(errors, config.replay)
+            logged["charts/share_cap"] = (1 - config.replay.real_ratio) * self.cap
         if self.optimizer is not None:
             loss = fine_tune(self.module, history, config.fine_tune, config.history_length, self.domain, self.optimizer,
                              self.window_rng, self.device)
@@ -242,15 +259,29 @@ class ModelStage:
         start = module.world_model.start_from_history(joined, positions, rollout.anchor_observations, rollout.anchor_rewards)
         return joined, start
 
+    def feeds(self) -> bool:
+        """Whether SAC's batches take imagined rows now: the pool holds some and the share cap allows them."""
+        return len(self.pool) > 0 and self.cap > 0
+
+    def real_ratio(self) -> float:
+        """The real share of each SAC batch while the pool feeds it: `replay.real_ratio`, raised toward 1 by the share cap."""
+        ratio = self.config.replay.real_ratio
+        return ratio + (1 - ratio) * (1 - self.cap)
+
+    def measure(self, history: RealHistory, rng: np.random.Generator, newest: int) -> dict[str, torch.Tensor] | None:
+        """`model_errors` on the newest `newest` real transitions, drawn from `rng`, the torch RNG of the run untouched."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return model_errors(self.module, history, self.config.rollout, self.config.error_windows,
+                                self.config.history_length, self.domain, rng, self.device, newest)
+
     def errors_where_the_policy_goes(self, history: RealHistory, newest: int) -> dict[str, float]:
         """`charts/model_error/...` on the newest `newest` real transitions, without touching any RNG of the run."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            errors = model_errors(self.module, history, self.config.rollout, self.config.error_windows,
-                                  self.config.history_length, self.domain, self.error_rng, self.device, newest)
+        errors = self.measure(history, self.error_rng, newest)
         return error_metrics(errors) if errors is not None else {}
 
 
-def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int, progress: bool, device) -> AdaptationResult:
+def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int, progress: bool, device,
+           on_progress: Callable[[int, float], None] | None) -> AdaptationResult:
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
     env = make_env(target, seed=seed, episode_steps=config.episode_steps)
@@ -258,7 +289,6 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
     model = ModelStage(module, target, config, agent, seed, device) if use_model else None
     real = ReplayBuffer(env.obs_dim, env.act_dim, min(config.env_steps, config.sac.buffer_size))
     history = RealHistory(env.obs_dim, env.act_dim)
-    real_ratio = config.replay.real_ratio if use_model else 1.0
 
     def evaluation_env(index: int):
         return make_env(target, seed=derive_seed(seed, "evaluation", index), episode_steps=config.episode_steps)
@@ -285,16 +315,18 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
             # A model round every `rollout.every` learning steps.
             if model is not None and (step - config.sac.warmup_steps - 1) % config.rollout.every == 0:
                 log.add(model.round(history))
-            # SAC updates: more while the pool holds imagined data.
-            pool = model.pool if model is not None else None
-            extra = config.replay.model_updates_per_step if pool is not None and len(pool) else 0
+            # SAC updates: more while the pool feeds them imagined data.
+            feeding = model is not None and model.feeds()
+            pool, ratio = (model.pool, model.real_ratio()) if feeding else (None, 1.0)
+            extra = config.replay.model_updates_per_step if feeding else 0
             for _ in range(config.sac.updates_per_step + extra):
-                batch, share = _mixed(real, pool, config.sac.batch_size, real_ratio, rng, device)
+                batch, share = _mixed(real, pool, config.sac.batch_size, ratio, rng, device)
                 log.add({SAC_METRICS[key]: value for key, value in agent.update(batch).items() if key in SAC_METRICS})
                 log.add({"charts/imagined_share": share})
 
         # Evaluate, with the model's errors where the policy goes now.
-        if (config.eval_every and step % config.eval_every == 0) or step == config.env_steps:
+        evaluating = (config.eval_every and step % config.eval_every == 0) or step == config.env_steps
+        if evaluating:
             if model is not None:
                 log.add(model.errors_where_the_policy_goes(history, newest=config.eval_every or config.env_steps))
             eval_steps.append(step)
@@ -304,6 +336,8 @@ def _adapt(target, config: AdaptationConfig, module, use_model: bool, seed: int,
         elif step % config.rollout.every == 0:
             log.log(step)
         bar.update(1)
+        if on_progress is not None and (evaluating or step % PROGRESS_EVERY == 0):
+            on_progress(step, eval_scores[-1] if eval_scores else math.nan)
     bar.close()
     return AdaptationResult(target, use_model, method_name(config, use_model), eval_scores[-1] if eval_scores else 0.0,
                             eval_steps, eval_scores, model.imagined if model else 0, time.perf_counter() - start_time,

@@ -8,7 +8,6 @@ not depend on how many workers ran them. Each run adapts a copy of the model it 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from mrcom_lightning.adaptation import loop
 from mrcom_lightning.adaptation.loop import AdaptationResult, adapt, method_name
 from mrcom_lightning.adaptation.settings import AdaptationConfig
 from mrcom_lightning.launch import Cell, run_cells
@@ -81,44 +79,23 @@ def run_one(run: AdaptationRun, config: AdaptationConfig, module, device: str, p
     """The function of a cell: one adaptation on a copy of `module`, its progress written to the
     file `progress` (None: not shown)."""
     model = copy.deepcopy(module) if module is not None else None
-    with bar_in(progress):
-        result = adapt(run.target, config, model, run.use_model, run.seed, progress=progress is not None, device=device)
+    shown = ProgressFile(progress, config.env_steps) if progress is not None else None
+    result = adapt(run.target, config, model, run.use_model, run.seed, progress=False, device=device, on_progress=shown)
     return dataclasses.replace(result, agent=None)  # the policy stays here: what travels back is small
 
 
-@contextlib.contextmanager
-def bar_in(path: Path | None):
-    """The loop's progress bar replaced by one that writes to `path` (nothing when None)."""
-    if path is None:
-        yield
-        return
-    shown = loop.tqdm
-    loop.tqdm = lambda *args, **kwargs: ProgressFile(path)
-    try:
-        yield
-    finally:
-        loop.tqdm = shown
-
-
 class ProgressFile:
-    """The part of a tqdm bar the loop uses, written to a file as "<steps> <score>" (at most every
-    half second, and at each evaluation) for `AdaptationProgress` to read."""
+    """`adapt`'s `on_progress`: "<steps> <score>" written to `path` for `AdaptationProgress` to read,
+    at most every half second, and whenever the score changes or the run reaches its `total` steps."""
 
-    def __init__(self, path: Path):
-        self.path, self.steps, self.score, self.written = path, 0, math.nan, 0.0
+    def __init__(self, path: Path, total: int):
+        self.path, self.total, self.steps, self.score, self.written = path, total, 0, math.nan, 0.0
 
-    def update(self, steps: int = 1) -> None:
-        self.steps += steps
-        if time.monotonic() - self.written >= WRITE_EVERY_S:
+    def __call__(self, steps: int, score: float) -> None:
+        new_score = not (score == self.score or (math.isnan(score) and math.isnan(self.score)))
+        self.steps, self.score = steps, float(score)
+        if new_score or steps >= self.total or time.monotonic() - self.written >= WRITE_EVERY_S:
             self.write()
-
-    def set_postfix(self, score=None, **kwargs) -> None:
-        if score is not None:
-            self.score = float(score)
-            self.write()
-
-    def close(self) -> None:
-        self.write()
 
     def write(self) -> None:
         partial = self.path.with_suffix(".partial")

@@ -1,6 +1,7 @@
 """The world model's work in the adaptation loop (`loop.py`), one function per stage, each given only
-its own settings: measuring the model where the policy goes, the safeguard's judgement, fine-tuning
-on the target's real history, and the cut of K-sample rollouts into the model pool's transitions."""
+its own settings: measuring the model where the policy goes, the safeguard's judgement, the share
+cap, fine-tuning on the target's real history, and the cut of K-sample rollouts into the model pool's
+transitions."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import torch
 
 from mrcom_lightning.adaptation.history import RealHistory
 from mrcom_lightning.adaptation.imagination import open_loop_errors
-from mrcom_lightning.adaptation.settings import FineTuneSettings, RolloutSettings, SafeguardSettings
+from mrcom_lightning.adaptation.settings import FineTuneSettings, ReplaySettings, RolloutSettings, SafeguardSettings
 from mrcom_lightning.training import train_steps
 
 
 def fine_tune(module, history: RealHistory, settings: FineTuneSettings, length: int, domain: int, optimizer, rng,
               device) -> float | None:
     """`settings.steps` steps of the world model's own loss (Eq. 16) on windows of `length` real
-    transitions of the target; the mean total loss, or None while the history has no window."""
+    transitions of the target (with `settings.newest`, windows ending among the newest `newest`
+    only); the mean total loss, or None while the history has no such window."""
     batches = []
     for _ in range(settings.steps):
-        batch = history.model_batch(module, domain, settings.batch, length, rng, device)
+        batch = history.model_batch(module, domain, settings.batch, length, rng, device, newest=settings.newest or None)
         if batch is None:
             break
         batches.append(batch)
@@ -51,6 +53,14 @@ def error_metrics(errors: dict[str, torch.Tensor], prefix: str = "charts/model_e
         f"{prefix}/naive_reward_h1": errors["naive_reward"][0].item(),
         f"{prefix}/reward_h1_over_naive": (errors["model_reward"][0] / errors["naive_reward"][0].clamp(min=1e-12)).item(),
     }
+
+
+def share_cap(errors: dict[str, torch.Tensor], settings: ReplaySettings) -> float:
+    """The share cap's factor on the imagined share: 1 while the model's one-step observation error
+    e (`model_errors`, per dim in units of the naive forecast's) is at most `share_cap_low`, falling
+    linearly to 0 at `share_cap_high`."""
+    error = errors["model_obs"][0].item()
+    return min(1.0, max(0.0, (settings.share_cap_high - error) / (settings.share_cap_high - settings.share_cap_low)))
 
 
 class ErrorAverage:

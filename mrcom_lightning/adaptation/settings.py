@@ -1,8 +1,11 @@
 """How a target scenario is adapted to (Algorithm 2, DESIGN.md §5): the loop's settings, grouped by
-the stage that reads them. Each default was measured; benchmarks/README.md says where.
+the stage that reads them. Each default was measured; benchmarks/LOG.md says where ("Adaptation against
+plain SAC" and its sections, "Issue 23: adaptation against controls that could explain the gain").
 
-The paper's budget is `env_steps=100000 episode_steps=1000 sac.updates_per_step=10`; the
-defaults are sized for a CPU.
+The paper's budget is 100k real steps, 1000-step episodes and 10 SAC updates per real step
+(`env_steps=100000 episode_steps=1000`, and `sac.updates_per_step=3` on real data plus
+`replay.model_updates_per_step=7` while the pool feeds imagined rows: configs/study/adapt_gpu.yaml);
+the defaults are sized for a CPU.
 """
 
 from __future__ import annotations
@@ -68,11 +71,23 @@ class ReplaySettings:
     """Extra SAC updates per real step made only while the pool holds imagined transitions."""
     pool_rounds: int = 4
     """Rollout rounds the model pool holds (MBPO: about one epoch)."""
+    share_cap: bool = False
+    """A guard against late collapse (issue 34), off by default: each round the imagined share,
+    1 − `real_ratio`, is scaled by clip((high − e) / (high − low), 0, 1), e the model's one-step
+    observation error on the newest `rollout.every` real transitions in units of the naive forecast's
+    (per dim, averaged; `charts/model_error/obs_h1`); at 0 SAC learns from real rows alone."""
+    share_cap_low: float = 1.0
+    """e at or below which the whole imagined share is used (1: the naive forecast's error)."""
+    share_cap_high: float = 2.0
+    """e at or above which no imagined row is used."""
 
     def __post_init__(self) -> None:
         _check("replay.", "real_ratio", 0.0 < self.real_ratio <= 1.0, "in (0, 1]", self.real_ratio)
         _check("replay.", "model_updates_per_step", self.model_updates_per_step >= 0, ">= 0", self.model_updates_per_step)
         _check("replay.", "pool_rounds", self.pool_rounds > 0, "> 0", self.pool_rounds)
+        _check("replay.", "share_cap_low", self.share_cap_low >= 0, ">= 0", self.share_cap_low)
+        _check("replay.", "share_cap_high", self.share_cap_high > self.share_cap_low,
+               f"> replay.share_cap_low ({self.share_cap_low})", self.share_cap_high)
 
 
 @dataclasses.dataclass
@@ -87,9 +102,14 @@ class FineTuneSettings:
     """Windows per step."""
     lr: float = 3e-4
     """AdamW learning rate."""
+    newest: int = 0
+    """A guard against late collapse (issue 34), off by default (0: windows anywhere in the real
+    history): draw every window among the newest `newest` real transitions (its last transition one
+    of them), so that the model follows the states the current policy visits."""
 
     def __post_init__(self) -> None:
         _check("fine_tune.", "steps", self.steps >= 0, ">= 0", self.steps)
+        _check("fine_tune.", "newest", self.newest >= 0, ">= 0", self.newest)
         _check("fine_tune.", "batch", self.batch > 0, "> 0", self.batch)
         _check("fine_tune.", "lr", self.lr > 0, "> 0", self.lr)
 

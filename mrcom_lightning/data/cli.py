@@ -27,7 +27,7 @@ def collect_main(argv: list[str]) -> None:
     if config.workers < 1:
         parser.error(f"workers must be >= 1, got {config.workers}")
     try:
-        dataset = parser.instantiate_classes(config).dataset
+        dataset = parser.instantiate(config).dataset
     except ValueError as err:  # a value the types allow but the settings reject
         parser.error(str(err))
     try:

@@ -126,7 +126,7 @@ class LatentCell(nn.Module):
         `transition` and `posterior_net`, with only what depends on (h_{t−1}, z_{t−1}) inside the
         time loop: their first layers, over [z_{t−1}, a_{t−1}] and [h_t, c_t, e_t], are split by
         input block, and the a_{t−1} and (c_t, e_t) blocks, bias included, run for all t in one
-        matmul before it (benchmarks/README.md, "Profile"). Same weights, same noise draws."""
+        matmul before it (benchmarks/LOG.md, "Profile of a training step"). Same weights, same noise draws."""
         batch, steps, _ = obs_embed.shape
         transition_in, posterior_in = self.transition_in[0], self.posterior_net.net[0]
         from_stochastic, from_action = transition_in.weight.split(

@@ -51,8 +51,10 @@ class WorldModelLoss(nn.Module):
 
     −log p(o | s) is a unit Gaussian in the normalised observation space (standardised per
     domain and dim, or DreamerV3's symlog), over the domain's real dims; −log p(r | s) a
-    two-hot cross-entropy (`reward_nll`), r_t predicted from s̄_{t+1}, the latent at the
-    posteriors' means (the reward head is trained where it predicts: no sampling noise).
+    two-hot cross-entropy (`reward_nll`, over the head's bins), r_t predicted from s̄_{t+1}, the
+    latent at the posteriors' means (the reward head is trained where it predicts: no sampling
+    noise). The residual head (`Predictions.prev_reward` set) is trained on the change
+    Δ_t = r_t − r_{t−1}.
 
     `weights` [B, N+1] (MAMBA's local reconstruction, `models.mamba`) keeps the terms of the
     latent states s_t where it is 1 and drops the others: o_t's and the KLs at t, r_{t−1}'s at t.
@@ -80,10 +82,11 @@ class WorldModelLoss(nn.Module):
             dynamics=self.kl_dynamics, representation=self.kl_representation, free_nats=self.free_nats, weights=weights
         )
         obs_error = 0.5 * ((p.obs - p.obs_target) ** 2 * p.obs_mask.unsqueeze(1)).sum(-1)
+        reward_target = batch["reward"] if p.prev_reward is None else batch["reward"] - p.prev_reward
         terms = {
             "obs": weighted_mean(obs_error, weights),
             "reward": weighted_mean(
-                self.reward_nll(p.reward_logits, batch["reward"]), weights[:, 1:] if weights is not None else None
+                self.reward_nll(p.reward_logits, reward_target), weights[:, 1:] if weights is not None else None
             ),
         }
         terms["kl_z"], terms["kl_z_value"] = balanced_kl(latents.posterior, latents.prior, **kl)

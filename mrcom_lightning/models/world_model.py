@@ -52,6 +52,11 @@ class WorldModelConfig:
         reward_bin_scale: `linear` (bins in the reward's own units) or `symlog` (DreamerV3's).
         reward_range: the rewards the domains produce (dm_control: [0, 1]); the metrics report the
             probability mass the reward head puts on bins outside it (`reward_mass_outside`).
+        reward_head: `absolute` (r̂_t from the latent, two-hot over the reward bins) or `residual`:
+            the head reads the latent and r_{t−1} and predicts the change Δ_t = r_t − r_{t−1},
+            two-hot over as many bins spanning [low − high, high − low] of `reward_bin_range` (same
+            scale); r̂_t = r_{t−1} + E[Δ_t], clipped to `reward_range`. dm_control's rewards are
+            smooth in time, so the last reward is a strong base (issue 24). Off until measured.
         discount: γ of the scenario values (Eq. 14).
         obs_normalization: how observations enter the tokenizers and the decoder's loss:
             `symlog` (DreamerV3's, scale-free) or `standardize` (per domain and dim, by the
@@ -79,6 +84,7 @@ class WorldModelConfig:
     reward_bin_range: tuple[float, float] = (0.0, 1.0)
     reward_bin_scale: Literal["symlog", "linear"] = "linear"
     reward_range: tuple[float, float] = (0.0, 1.0)
+    reward_head: Literal["absolute", "residual"] = "absolute"
     discount: float = 0.99
     obs_normalization: Literal["symlog", "standardize"] = "symlog"
 
@@ -99,6 +105,8 @@ class WorldModelConfig:
             raise ValueError(f"model.world_model.reward_bin_range must be (low, high) with low < high, got {self.reward_bin_range!r}")
         if not self.reward_range[0] < self.reward_range[1]:
             raise ValueError(f"model.world_model.reward_range must be (low, high) with low < high, got {self.reward_range!r}")
+        if self.reward_head not in ("absolute", "residual"):
+            raise ValueError(f"model.world_model.reward_head must be absolute or residual, got {self.reward_head!r}")
         if self.context == "none" and self.auxiliary_dim:
             raise ValueError(
                 f"model.world_model.auxiliary_dim must be 0 with context: none (u's prior is p(u | c)), got {self.auxiliary_dim}"
@@ -139,8 +147,12 @@ class Predictions:
         obs_target: the real o_0..o_N in the same space.
         obs_mask: [B, O_max], 1 on the row's real observation dims.
         reward_logits: r_0..r_{N−1} predicted from s̄_1..s̄_N, the latents at the posteriors'
-            means (`LatentSequence.mean_features`), [B, N, bins].
-        reward: their expectation in the reward's own units, [B, N].
+            means (`LatentSequence.mean_features`), [B, N, bins]; with the residual head, their
+            changes Δ_0..Δ_{N−1} (`WorldModel.head_twohot`'s bins).
+        reward: their expectation in the reward's own units, [B, N] (residual: r_{t−1} + E[Δ_t], clipped).
+        prev_reward: the r_{t−1} the residual head read for each r_t, [B, N]: the batch's rewards
+            shifted by one, 0 for the window's first (none is known; its Δ target is then r_0);
+            None for the absolute head.
         values: the value heads' outputs, or None without L_mv.
         dynamics: CaDM's forward and backward predictions, or None without CaDM's context.
         rollout_context: CaDM's context at t = 0..N from the K real transitions ending at o_t, which
@@ -159,6 +171,7 @@ class Predictions:
     values: ValuePredictions | None
     dynamics: DynamicsPredictions | None = None
     rollout_context: torch.Tensor | None = None
+    prev_reward: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -170,7 +183,10 @@ class ImaginedState:
     `offset` is added to every decoded observation of the rollout (raw scale): zero, or with
     `start(anchor=True)` the decoder's reconstruction error at the real start, o_t − dec(s_t).
     `reward_offset` likewise to every predicted reward: with `start(anchor_reward=True)` the
-    reward head's error on the last real reward, r_{t−1} − r̂_{t−1}.
+    reward head's error on the last real reward, r_{t−1} − r̂_{t−1} (zero with the residual head).
+
+    `prev_reward` is also the base of the residual reward head: the real r_{t−1} at the start, then
+    each step's predicted reward (as handed out: anchored, or naive).
 
     `naive_obs` and `naive_reward` replace the decoded observation and the predicted reward by the
     naive forecast, the current ones repeated (o_t and r_{t−1} of the start, by induction): the
@@ -255,8 +271,13 @@ class WorldModel(nn.Module):
         feature_dim = self.cell.feature_dim
         self.decoder = DomainDecoder(self.obs_dims, feature_dim, c.hidden_dim)
         self.twohot = TwoHot(c.reward_bins, *c.reward_bin_range, symlog=c.reward_bin_scale == "symlog")
-        self.reward_head = mlp(feature_dim, c.reward_bins, c.hidden_dim, 3)
+        residual = c.reward_head == "residual"
+        span = c.reward_bin_range[1] - c.reward_bin_range[0]
+        self.change_twohot = TwoHot(c.reward_bins, -span, span, symlog=c.reward_bin_scale == "symlog") if residual else None
+        self.reward_head = mlp(feature_dim + int(residual), c.reward_bins, c.hidden_dim, 3)
         nn.init.zeros_(self.reward_head[-1].weight)  # DreamerV3: start predicting zero reward
+        if residual:  # uniform over symmetric bins: zero change, the naive forecast
+            nn.init.zeros_(self.reward_head[-1].bias)
         low, high = c.reward_range
         outside = (self.twohot.values() < low) | (self.twohot.values() > high)
         self.register_buffer("reward_outside", outside, persistent=False)
@@ -338,7 +359,9 @@ class WorldModel(nn.Module):
             posterior_embed = self.previous_step_encoder(obs_embed, prev_action_embed, prev_reward)
         latents = self.cell.observe(posterior_embed, prev_action_embed, context)
         features = latents.features
-        reward_logits = self.reward_head(latents.mean_features[:, 1:])
+        # The residual head's base: r_{t−1} as the naive forecast and imagination's start read it.
+        prev_reward = shifted(reward) if self.change_twohot is not None else None
+        reward_logits = self.reward_logits(latents.mean_features[:, 1:], prev_reward)
         return Predictions(
             latents=latents,
             context=context,
@@ -348,11 +371,29 @@ class WorldModel(nn.Module):
             obs_target=obs_target,
             obs_mask=self.obs_mask[domain],
             reward_logits=reward_logits,
-            reward=self.twohot.mean(reward_logits),
+            reward=self.expected_reward(reward_logits, prev_reward),
             values=self._values(latents, batch["scenario"]) if self.meta_value is not None else None,
             dynamics=dynamics,
             rollout_context=rollout_context,
+            prev_reward=prev_reward,
         )
+
+    @property
+    def head_twohot(self) -> TwoHot:
+        """The bins of the reward head's logits: the reward's (`absolute`) or its change's (`residual`)."""
+        return self.twohot if self.change_twohot is None else self.change_twohot
+
+    def reward_logits(self, mean_features: torch.Tensor, prev_reward: torch.Tensor | None) -> torch.Tensor:
+        """The reward head on s̄_{t+1} [..., F] (and, residual, r_{t−1} [...]): logits [..., bins]."""
+        if self.change_twohot is None:
+            return self.reward_head(mean_features)
+        return self.reward_head(torch.cat([mean_features, prev_reward.unsqueeze(-1).to(mean_features.dtype)], dim=-1))
+
+    def expected_reward(self, logits: torch.Tensor, prev_reward: torch.Tensor | None) -> torch.Tensor:
+        """r̂_t in the reward's units: E[r_t], or (residual) r_{t−1} + E[Δ_t] clipped to `reward_range`."""
+        if self.change_twohot is None:
+            return self.twohot.mean(logits)
+        return (prev_reward + self.change_twohot.mean(logits)).clamp(*self.config.reward_range)
 
     def _values(self, latents: LatentSequence, scenario: torch.Tensor) -> ValuePredictions:
         features = latents.features.detach()  # the value losses train the value heads only
@@ -367,9 +408,18 @@ class WorldModel(nn.Module):
             meta_of_prior=self.meta_value.frozen(torch.cat(predicted, dim=-1)),
         )
 
-    def reward_mass_outside(self, logits: torch.Tensor) -> torch.Tensor:
-        """The probability the reward head puts on bins outside `reward_range`: [...] from logits [..., bins]."""
-        return (logits.softmax(-1) * self.reward_outside).sum(-1)
+    def reward_mass_outside(self, logits: torch.Tensor, prev_reward: torch.Tensor | None = None) -> torch.Tensor:
+        """The probability the reward head puts on rewards outside `reward_range`: [...] from logits
+        [..., bins]; the residual head's bins are changes, so it needs their base r_{t−1} [...]
+        (`Predictions.prev_reward`): the mass on r_{t−1} + Δ outside the range."""
+        if self.change_twohot is None:
+            return (logits.softmax(-1) * self.reward_outside).sum(-1)
+        if prev_reward is None:
+            raise ValueError("reward_mass_outside of the residual reward head needs prev_reward, the r_{t−1} it read")
+        low, high = self.config.reward_range
+        rewards = prev_reward.unsqueeze(-1) + self.change_twohot.values()
+        slack = 1e-6 * (high - low)  # linspace's zero-change bin is −5e-8, not 0: no change is inside
+        return (logits.softmax(-1) * ((rewards < low - slack) | (rewards > high + slack))).sum(-1)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The world-model parameters every loss term reaches: tokenizers, context and latent cell
@@ -391,11 +441,14 @@ class WorldModel(nn.Module):
         `anchor` makes the rollout's decoded observations ô + (o_step − dec(s_step)): the decoder's
         error where the real observation is known, carried forward as a bias correction, so that
         an imagined transition's change starts from the real o_step rather than from its blurred
-        reconstruction (measured in benchmarks/README.md, "Adaptation against plain SAC").
+        reconstruction (measured in benchmarks/LOG.md, "Why the model's data hurt: the second look").
 
         `anchor_reward` does the same for the rewards: r̂ + (r_{step−1} − r̂_{step−1}), with r̂_{step−1}
         the reward head's reading of the posterior s_step (zero offset at step 0, where no reward is
-        known), so that imagined rewards are the last real reward plus the model's predicted change."""
+        known), so that imagined rewards are the last real reward plus the model's predicted change.
+        The residual head (`reward_head: residual`) predicts exactly that already, r̂_step = r_{step−1}
+        + E[Δ], and each r̂ is the next step's base, so an offset would enter every later step once
+        more (h-fold at step h): there `anchor_reward` gives a zero offset and changes nothing."""
         latents = predictions.latents
         reward = batch["reward"]
         tokens = None
@@ -411,7 +464,8 @@ class WorldModel(nn.Module):
             context=(predictions.rollout_context if predictions.rollout_context is not None else predictions.context)[:, step],
             offset=batch["obs"][:, step] - self.denormalize_obs(predictions.obs[:, step], batch["domain"]) if anchor else None,
             reward_offset=(
-                (reward[:, step - 1] - predictions.reward[:, step - 1]) if step > 0 else torch.zeros_like(reward[:, 0])
+                (reward[:, step - 1] - predictions.reward[:, step - 1])
+                if step > 0 and self.change_twohot is None else torch.zeros_like(reward[:, 0])
             ) if anchor_reward else None,
         )
 
@@ -432,24 +486,23 @@ class WorldModel(nn.Module):
 
         return ImaginedState(**{field.name: joined(field.name) for field in dataclasses.fields(ImaginedState)})
 
-    def step(
-        self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor, freeze_context: bool = False
-    ) -> tuple[ImaginedState, torch.Tensor]:
+    def step(self, state: ImaginedState, action: torch.Tensor, domain: torch.Tensor) -> tuple[ImaginedState, torch.Tensor]:
         """One imagined step with a raw (padded) action a_t: the window takes the token
         (o_t, a_t, r_{t−1}) and gives c_{t+1}; then h_{t+1} = f(h_t, z_t, a_t), z_{t+1} ~ p(z | h_{t+1},
-        c_{t+1}), and the heads give ô_{t+1} and r̂_t. Returns the next state and r̂_t [B].
+        c_{t+1}), and the heads give ô_{t+1} and r̂_t (the residual head from the state's r_{t−1}).
+        Returns the next state and r̂_t [B].
 
-        `freeze_context` keeps c at its value of the start state instead (the window does not
-        roll; measured against rolling in benchmarks/imagination.py)."""
+        A state without a context window (`tokens` None: CaDM's context, or none) keeps its c."""
         tokens, context = state.tokens, state.context
-        if tokens is not None and not freeze_context:
+        if tokens is not None:
             token = self.tokens(state.obs[:, None], action[:, None], state.prev_reward[:, None], domain)
             tokens = torch.cat([tokens, token], dim=1)[:, -self.context_net.receptive_field :]
             context = self.context_net(tokens)[:, -1]
         recurrent, stochastic, features, mean_features = self.cell.imagine(
             state.recurrent, state.stochastic, self.action_tokenizer(action, domain), context
         )
-        reward = self.twohot.mean(self.reward_head(mean_features))
+        prev_reward = state.prev_reward if self.change_twohot is not None else None
+        reward = self.expected_reward(self.reward_logits(mean_features, prev_reward), prev_reward)
         if state.reward_offset is not None:
             reward = reward + state.reward_offset
         if state.naive_reward:
@@ -470,7 +523,6 @@ class WorldModel(nn.Module):
         actions: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
         horizon: int,
         domain: torch.Tensor,
-        freeze_context: bool = False,
     ) -> Rollout:
         """`horizon` imagined steps from `state`: the one rollout of the open-loop metrics and of
         adaptation. `actions` is a tensor [B, horizon, A_max] (given actions) or a policy that maps
@@ -479,7 +531,7 @@ class WorldModel(nn.Module):
         for h in range(horizon):
             action = actions[:, h] if isinstance(actions, torch.Tensor) else actions(state.obs)
             obs = state.obs
-            state, reward = self.step(state, action, domain, freeze_context)
+            state, reward = self.step(state, action, domain)
             for key, value in zip(steps, (obs, action, state.obs, reward)):
                 steps[key].append(value)
         return Rollout(**{key: torch.stack(values, 1) for key, values in steps.items()})
