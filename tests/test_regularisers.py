@@ -110,6 +110,16 @@ def test_without_context_there_is_no_context_module_no_u_and_no_input_for_c():
     assert not torch.allclose(changed.latents.prior.base_dist.loc, base.latents.prior.base_dist.loc)
 
 
+def _train(model, batches, steps: int, lr: float) -> None:
+    """`steps` Adam steps of the model's whole loss, cycling through `batches` (as `mrcom fit` trains)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        terms, _ = model.losses(batches[step % len(batches)])
+        optimizer.zero_grad()
+        terms["total"].backward()
+        optimizer.step()
+
+
 def _fit_reward_head(head, twohot, inputs, targets, steps: int = 400) -> None:
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -129,12 +139,7 @@ def test_reward_head_comes_near_the_true_state_floor_and_beats_the_naive_forecas
     wm = model.world_model
     train = [synthetic_batch(batch=16, steps=24, seed=k) for k in range(4)]
     test = synthetic_batch(batch=48, steps=24, seed=100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(400):
-        terms, _ = model.losses(train[step % len(train)])
-        optimizer.zero_grad()
-        terms["total"].backward()
-        optimizer.step()
+    _train(model, train, steps=400, lr=1e-3)
     # The floor: r_{t−1} from the true o_t (r_t = sigmoid(o_{t+1}[0]) in these data).
     torch.manual_seed(3)
     floor = mlp(test["obs"].shape[-1], TINY.reward_bins, TINY.hidden_dim, 3)
@@ -229,12 +234,7 @@ def test_the_residual_head_beats_the_naive_forecast_on_smooth_rewards():
     model = make_model(w_mv=0.0, world_model=dataclasses.replace(TINY, reward_head="residual"))
     train = [drifting_batch(16, seed=k) for k in range(4)]
     test = drifting_batch(48, seed=100)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(300):
-        terms, _ = model.losses(train[step % len(train)])
-        optimizer.zero_grad()
-        terms["total"].backward()
-        optimizer.step()
+    _train(model, train, steps=300, lr=3e-3)
     reward = test["reward"]
     with torch.no_grad():
         error = ((model.world_model.predict(test).reward - reward)[:, 1:] ** 2).mean().item()
