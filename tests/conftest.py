@@ -7,6 +7,10 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 # that the host name's resolution plays no part (inherited by the subprocesses the tests start).
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+# Under pytest-xdist (`pytest -n 2`) each worker gets one core: so do the commands it starts, whose
+# `threads: auto` reads $OMP_NUM_THREADS (two workers × two threads would run several times slower).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 try:
     import torch
