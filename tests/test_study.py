@@ -118,13 +118,12 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert f"over this report's {comparisons} comparisons" in text
     row = next(line for line in text.splitlines() if line.startswith("| overall |") and "2.2000 ± 0.1633 (n=3)" in line)
     assert f"| {2.0:.4f} | {min(1.0, comparisons * p):.3g} |" in row
-    # The summary lines end the report: MrCoM over the RSSM, MAMBA (4x MrCoM's errors) and CaDM (3x).
-    mamba, cadm = [4 * x for x in mrcom], [3 * x for x in mrcom]
-    assert text.rstrip().splitlines()[-3:] == [
-        f"mrcom_over_rssm_ood_open_loop={0.5:.3f} p={stats.ttest_rel(mrcom, rssm).pvalue:.3g} seeds=3",
-        f"mrcom_over_mamba_ood_open_loop={0.25:.3f} p={stats.ttest_rel(mrcom, mamba).pvalue:.3g} seeds=3",
-        f"mrcom_over_cadm_ood_open_loop={1 / 3:.3f} p={stats.ttest_rel(mrcom, cadm).pvalue:.3g} seeds=3",
-    ]
+    # The summary lines end the report: MrCoM over the RSSM, MAMBA (4x MrCoM's errors), CaDM (3x), and the
+    # models without L_mv (8x) and L_ms (7x); every ratio's paired p is the same here, so Holm's is 5x it.
+    p = stats.ttest_rel(mrcom, rssm).pvalue
+    lines = [f"mrcom_over_{name}_ood_open_loop={1 / factor:.3f} p={min(1.0, 5 * p):.3g} p_raw={p:.3g} seeds=3"
+             for name, factor in (("rssm", 2), ("mamba", 4), ("cadm", 3), ("no_meta_value", 8), ("no_meta_state", 7))]
+    assert text.rstrip().splitlines()[-5:] == lines
     assert (root / "open_loop_rel_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
     rows = (root / "report.csv").read_text().splitlines()
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_paired,p_holm"
@@ -141,6 +140,9 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert metrics["mrcom_over_mamba_ood_open_loop"] == pytest.approx(0.25, abs=1e-3)
     assert metrics["mrcom_over_cadm_ood_open_loop"] == pytest.approx(1 / 3, abs=1e-3)
     assert metrics["mrcom_over_cadm_ood_open_loop_seeds"] == 3
+    assert metrics["mrcom_over_no_meta_value_ood_open_loop"] == pytest.approx(1 / 8, abs=1e-3)
+    assert metrics["mrcom_over_no_meta_state_ood_open_loop_p"] == pytest.approx(min(1.0, 5 * p), rel=1e-2)  # as printed (3 digits)
+    assert metrics["mrcom_over_no_meta_state_ood_open_loop_p_raw"] == pytest.approx(p, rel=1e-2)
     assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     fake_cells.clear()
@@ -310,8 +312,8 @@ def test_a_tiny_study_end_to_end(tiny_study, monkeypatch):
     text = Path("runs/report.md").read_text()
     assert all(f"### {split} · {error}" in text for split in study.SPLITS for error in study.ERRORS)
     assert "| rssm ÷ mrcom | p (Holm) |" in text
-    assert text.splitlines()[-3].startswith("mrcom_over_rssm_ood_open_loop=") and "seeds=2" in text.splitlines()[-3]
-    assert text.splitlines()[-1].startswith("mrcom_over_cadm_ood_open_loop=nan")  # no CaDM cell in this grid
+    assert text.splitlines()[-5].startswith("mrcom_over_rssm_ood_open_loop=") and "seeds=2" in text.splitlines()[-5]
+    assert text.splitlines()[-3].startswith("mrcom_over_cadm_ood_open_loop=nan")  # no CaDM cell in this grid
     # In MLflow: one parent run, the 4 fits and 4 tests nested under it and named for their cell.
     client, runs = parent_runs(cwd)
     (parent,) = [r for r in runs if r.info.run_name == "study-custom"]
