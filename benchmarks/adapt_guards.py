@@ -17,7 +17,7 @@ world models and stored runs (`--out`), then tables them side by side:
   usual cure for Q divergence at many updates per step.
 
 Reported per row, over both targets and the seeds: final score, mean over the curve, best score and
-the collapse rate (final below 0.7 × the best after reaching 20); each guard against the unguarded
+the collapse rate (final below 0.7 × the best after reaching 20), the critic's mean Q at the end; each guard against the unguarded
 loop, paired by target and seed, on the final and on the curve mean, with Holm's correction over
 every comparison of the report. The choice, by a rule fixed before the runs: among the rows whose
 collapse rate is no higher than the null model's and whose curve mean is at least 0.9 × the
@@ -76,6 +76,13 @@ def stored_runs(argv: list[str]) -> dict:
     return bench.stored_records(args, configs, settings)
 
 
+def final_q(record: dict) -> float:
+    """The critic's mean Q at the run's last log point (nan where none was logged): with rewards of at
+    most 1 and the scores seen here, values far above the null model's mean the critic has inflated."""
+    values = record["metrics"].get("charts/q_mean", [])
+    return float(values[-1][1]) if values else math.nan
+
+
 def rows_of(records: dict[str, dict]) -> dict[str, dict]:
     """Per row (guard or control): its runs keyed by (target, seed)."""
     rows = {}
@@ -98,7 +105,8 @@ def summarise(rows: dict[str, dict]) -> tuple[str, str, dict]:
         curves = [runs[pair]["scores"] for pair in pairs]
         stats[name] = {"final": [c[-1] for c in curves], "curve": [float(np.mean(c)) for c in curves],
                        "best": [max(c) for c in curves], "collapse_rate": float(np.mean([collapsed(c) for c in curves])),
-                       "diverged": int(sum(bench.critic_diverged(runs[pair]) for pair in pairs))}
+                       "diverged": int(sum(bench.critic_diverged(runs[pair]) for pair in pairs)),
+                       "final_q": [final_q(runs[pair]) for pair in pairs]}
     comparisons = []  # (row, measure, ratio, raw p)
     base = stats["unguarded"]
     for name in GUARDS:
@@ -110,15 +118,17 @@ def summarise(rows: dict[str, dict]) -> tuple[str, str, dict]:
     versus = {(n, m): (r, q) for (n, m, r, _), q in zip(comparisons, adjusted)}
     lines = [f"Tuning targets {sorted({t for t, _ in pairs})}, seeds {sorted({s for _, s in pairs})} ({len(pairs)} runs per row); "
              f"against the unguarded loop: paired t-tests, Holm over the {sum(not math.isnan(q) for q in adjusted)} comparisons.", "",
-             "| row | final | mean over the curve | best | collapse rate | critic diverged | final ÷ unguarded (Holm p) | curve ÷ unguarded (Holm p) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| row | final | mean over the curve | best | collapse rate | critic's mean Q at the end | critic diverged | "
+             "final ÷ unguarded (Holm p) | curve ÷ unguarded (Holm p) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in stats.items():
         cells = []
         for measure in ("final", "curve"):
             ratio, q = versus.get((name, measure), (math.nan, math.nan))
             cells.append(f"{ratio:.3f} ({q:.3g})" if not math.isnan(ratio) else "")
         lines.append(f"| {name} | {np.mean(s['final']):.2f} ± {np.std(s['final']):.2f} | {np.mean(s['curve']):.2f} ± "
-                     f"{np.std(s['curve']):.2f} | {np.mean(s['best']):.2f} | {s['collapse_rate']:.2f} | {s['diverged']}/{len(pairs)} | "
+                     f"{np.std(s['curve']):.2f} | {np.mean(s['best']):.2f} | {s['collapse_rate']:.2f} | {np.nanmean(s['final_q']):.1f} ± "
+                     f"{np.nanstd(s['final_q']):.1f} | {s['diverged']}/{len(pairs)} | "
                      f"{cells[0]} | {cells[1]} |")
     null_rate = stats["null"]["collapse_rate"] if "null" in stats else math.nan
     qualified = [n for n in GUARDS if n in stats and stats[n]["collapse_rate"] <= null_rate

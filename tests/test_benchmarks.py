@@ -161,6 +161,8 @@ def test_the_guard_table_and_its_choice_match_a_hand_computation():
     assert stats["share_cap"]["curve"] == pytest.approx([79 / 3, 70 / 3, 26 / 3])
     assert figures["choice"] == "share_cap"
     assert stats["safeguard"]["diverged"] == 3 and stats["share_cap"]["diverged"] == 0
+    assert stats["safeguard"]["final_q"] == [300.0] * 3  # the last logged value, not the largest
+    assert "| safeguard | " in table and "| 300.0 ± 0.0 | 3/3 |" in table
     assert last.startswith("guard_choice=share_cap final=25.33 ")
     assert last.endswith("collapse_rate=0.00 null_collapse_rate=0.00")
     # Holm over the 6 comparisons (3 guards × final and curve), in adapt_guards.GUARDS' order.
