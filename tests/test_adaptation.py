@@ -817,6 +817,34 @@ def test_callback_adapts_every_target_from_the_models_own_weights(monkeypatch):
     assert changed(before, model.state_dict()) == []  # training never sees the adaptation
 
 
+def test_the_loop_has_droq_critics_and_every_plain_sac_run_plain_ones(monkeypatch):
+    """The loop's default critics are DroQ's (the guard benchmarks/adapt_guards.py chose); plain SAC,
+    as the `--baseline` of `mrcom adapt` and the callback (`adapt_all`) and as the `sac`/`sac_utd`
+    controls, gets plain critics, and the `droq` and `null` controls keep DroQ's."""
+    from mrcom_lightning.adaptation import controls, parallel
+
+    default = AdaptationConfig()
+    assert (default.sac.critic_dropout, default.sac.critic_layer_norm) == (0.01, True)
+    for name in ("sac", "sac_utd"):
+        sac = controls.control_config(name, default)[1].sac
+        assert (sac.critic_dropout, sac.critic_layer_norm) == (0.0, False), name
+    for name in ("droq", "null"):
+        sac = controls.control_config(name, default)[1].sac
+        assert (sac.critic_dropout, sac.critic_layer_norm) == (0.01, True), name
+    seen = {}
+
+    def fake(target, config, module, use_model, seed, **kwargs):
+        seen[use_model] = config.sac
+        return loop.AdaptationResult(target, use_model, loop.method_name(config, use_model), 1.0, [1], [1.0], 0, 0.0, None)
+
+    monkeypatch.setattr(parallel, "adapt", fake)
+    spec = MetaScenarioSet(domains=("cheetah",), num_val=1).draw("val")[0]
+    runs = [parallel.AdaptationRun("val/cheetah/0", spec, use_model, 0) for use_model in (True, False)]
+    parallel.adapt_all(runs, default, tiny_model(), workers=1, progress=False)
+    assert seen[True].critic_layer_norm and seen[True].critic_dropout == 0.01
+    assert not seen[False].critic_layer_norm and seen[False].critic_dropout == 0.0
+
+
 # --- inside `fit`, and `mrcom adapt` -------------------------------------------------------
 
 # Two model rounds (real steps 51 and 76) and one evaluation: every stage of the loop, in seconds.

@@ -27,6 +27,15 @@ IMAGINATION_CONTROLS = ("null", "naive_reward", "naive_obs")
 """Controls of the model loop that swap predictions for the naive forecast (`naive_*`: diagnostics, one half each)."""
 
 
+PLAIN = {"critic_dropout": 0.0, "critic_layer_norm": False}
+"""Plain SAC's critics, as `SACConfig` fields (the loop's default critics are DroQ's)."""
+
+
+def plain_sac(loop: AdaptationConfig) -> AdaptationConfig:
+    """`loop`'s settings with plain SAC's critics: the baseline of `mrcom adapt` and the callback."""
+    return loop.replace(**{f"sac.{key}": value for key, value in PLAIN.items()})
+
+
 def updates_per_step(loop: AdaptationConfig) -> int:
     """SAC updates per real step of the model loop while its pool holds imagined data."""
     return loop.sac.updates_per_step + loop.replay.model_updates_per_step
@@ -41,10 +50,11 @@ def control_config(name: str, loop: AdaptationConfig, base: AdaptationConfig | N
     utd = {"sac.updates_per_step": updates_per_step(loop)}
     if name in IMAGINATION_CONTROLS:
         return True, loop.replace(**{"rollout.imagination": name})
+    plain = {f"sac.{key}": value for key, value in PLAIN.items()}
     if name == "sac":
-        return False, base.replace(**{"sac.updates_per_step": 1})
+        return False, base.replace(**{"sac.updates_per_step": 1}, **plain)
     if name == "sac_utd":
-        return False, base.replace(**utd)
+        return False, base.replace(**utd, **plain)
     if name == "droq":
         return False, base.replace(**utd, **{f"sac.{key}": value for key, value in DROQ.items()})
     raise ValueError(f"unknown adaptation control {name!r}; choose from {list(CONTROLS + IMAGINATION_CONTROLS[1:])}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mrcom_lightning.adaptation.controls import plain_sac
 from mrcom_lightning.adaptation.loop import AdaptationResult, adapt, method_name
 from mrcom_lightning.adaptation.settings import AdaptationConfig
 from mrcom_lightning.launch import Cell, run_cells
@@ -63,8 +64,9 @@ def adapt_all(
         for index, run in enumerate(runs):
             cell_folder = Path(folder) / f"{index:03d}"
             shown = cell_folder / PROGRESS if progress else None
+            settings = config if run.use_model else plain_sac(config)  # the baseline: plain SAC
             cells.append(Cell(f"{run.name} {method_name(config, run.use_model)} seed{run.seed}", cell_folder,
-                              (run, config, module if run.use_model else None, str(device), shown), cpus=1))  # fmt: skip
+                              (run, settings, module if run.use_model else None, str(device), shown), cpus=1))  # fmt: skip
         # The model's runs take longest: they start first.
         order = sorted(cells, key=lambda cell: not cell.args[0].use_model)
         with AdaptationProgress(cells, config.env_steps, workers, enabled=progress, stream=stream):

@@ -155,7 +155,12 @@ class AdaptationConfig:
     replay: ReplaySettings = dataclasses.field(default_factory=ReplaySettings)
     fine_tune: FineTuneSettings = dataclasses.field(default_factory=FineTuneSettings)
     safeguard: SafeguardSettings = dataclasses.field(default_factory=SafeguardSettings)
-    sac: SACConfig = dataclasses.field(default_factory=lambda: SACConfig(warmup_steps=1000))
+    sac: SACConfig = dataclasses.field(
+        default_factory=lambda: SACConfig(warmup_steps=1000, critic_dropout=0.01, critic_layer_norm=True))
+    """The agent. Its critics are DroQ's (dropout 0.01, LayerNorm): the guard against late collapse
+    that benchmarks/adapt_guards.py's fixed rule chose on the tuning targets (benchmarks/LOG.md,
+    2026-12-05: no collapse in 6 runs against 1, the critic's final mean Q 15.8 against 111.6). Plain
+    SAC, the baseline and the `sac`/`sac_utd` controls, pins plain critics (`controls.plain_sac`)."""
 
     def __post_init__(self) -> None:
         for name in ("env_steps", "episode_steps", "history_length", "eval_episodes", "error_windows"):
