@@ -31,9 +31,14 @@ PLAIN = {"critic_dropout": 0.0, "critic_layer_norm": False}
 """Plain SAC's critics, as `SACConfig` fields (the loop's default critics are DroQ's)."""
 
 
+def _sac(fields: dict) -> dict:
+    """`SACConfig` fields as `AdaptationConfig.replace` keys."""
+    return {f"sac.{key}": value for key, value in fields.items()}
+
+
 def plain_sac(loop: AdaptationConfig) -> AdaptationConfig:
     """`loop`'s settings with plain SAC's critics: the baseline of `mrcom adapt` and the callback."""
-    return loop.replace(**{f"sac.{key}": value for key, value in PLAIN.items()})
+    return loop.replace(**_sac(PLAIN))
 
 
 def updates_per_step(loop: AdaptationConfig) -> int:
@@ -50,11 +55,10 @@ def control_config(name: str, loop: AdaptationConfig, base: AdaptationConfig | N
     utd = {"sac.updates_per_step": updates_per_step(loop)}
     if name in IMAGINATION_CONTROLS:
         return True, loop.replace(**{"rollout.imagination": name})
-    plain = {f"sac.{key}": value for key, value in PLAIN.items()}
     if name == "sac":
-        return False, base.replace(**{"sac.updates_per_step": 1}, **plain)
+        return False, base.replace(**{"sac.updates_per_step": 1}, **_sac(PLAIN))
     if name == "sac_utd":
-        return False, base.replace(**utd, **plain)
+        return False, base.replace(**utd, **_sac(PLAIN))
     if name == "droq":
-        return False, base.replace(**utd, **{f"sac.{key}": value for key, value in DROQ.items()})
+        return False, base.replace(**utd, **_sac(DROQ))
     raise ValueError(f"unknown adaptation control {name!r}; choose from {list(CONTROLS + IMAGINATION_CONTROLS[1:])}")
