@@ -31,7 +31,9 @@ def fake_metrics(variant: str, seed: int) -> dict[str, float]:
         for domain in DOMAINS
         for error in study.ERRORS
         for prefix in ("", "naive_")
-    } | {f"{split}/loss": value for split in study.SPLITS}
+    } | {f"{split}/loss": value for split in study.SPLITS} | {
+        f"{split}/{domain}/{study.RAW_ERROR}": value**2 for split in study.SPLITS for domain in DOMAINS
+    }
 
 
 @pytest.fixture
@@ -124,6 +126,13 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     lines = [f"mrcom_over_{name}_ood_open_loop={1 / factor:.3f} p={min(1.0, 5 * p):.3g} p_raw={p:.3g} seeds=3"
              for name, factor in (("rssm", 2), ("mamba", 4), ("cadm", 3), ("no_meta_value", 8), ("no_meta_state", 7))]
     assert text.rstrip().splitlines()[-5:] == lines
+    # Before them, the same comparisons on the raw MSE (the fake one is the square: ratios squared, the
+    # paired p of the squares, Holm over these five apart).
+    raw = [f"mrcom_over_{name}_ood_open_loop_raw_mse={1 / factor**2:.3f} p={min(1.0, 5 * q):.3g} p_raw={q:.3g} seeds=3"
+           for name, factor in (("rssm", 2), ("mamba", 4), ("cadm", 3), ("no_meta_value", 8), ("no_meta_state", 7))
+           for q in [stats.ttest_rel([v**2 for v in mrcom], [(factor * v) ** 2 for v in mrcom]).pvalue]]
+    assert "### The summary's comparisons in raw units (open_loop_mse, a sensitivity check)" in text
+    assert text.rstrip().splitlines()[-11:-6] == raw
     assert (root / "open_loop_rel_mse.png").stat().st_size > 0 and (root / "open_loop_reward_mse.png").is_file()
     rows = (root / "report.csv").read_text().splitlines()
     assert rows[0] == "split,error,domain,variant,mean,std,seeds,ratio_to_mrcom,p_paired,p_holm"
@@ -143,6 +152,7 @@ def test_every_variant_and_seed_is_fitted_tested_and_reported(fake_cells, tmp_pa
     assert metrics["mrcom_over_no_meta_value_ood_open_loop"] == pytest.approx(1 / 8, abs=1e-3)
     assert metrics["mrcom_over_no_meta_state_ood_open_loop_p"] == pytest.approx(min(1.0, 5 * p), rel=1e-2)  # as printed (3 digits)
     assert metrics["mrcom_over_no_meta_state_ood_open_loop_p_raw"] == pytest.approx(p, rel=1e-2)
+    assert metrics["mrcom_over_rssm_ood_open_loop_raw_mse"] == pytest.approx(0.25, abs=1e-3)  # the sensitivity lines too
     assert client.get_experiment(runs[0].info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     fake_cells.clear()
