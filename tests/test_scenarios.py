@@ -47,6 +47,17 @@ def test_default_scales_reproduce_stock_model(domain):
     np.testing.assert_allclose(scenario.geom_size, stock.geom_size, rtol=1e-6)
 
 
+def test_scaling_cheetah_compiles_nothing_mujoco_calls_deprecated(caplog):
+    """dm_control's cheetah sets `settotalmass`, which MuJoCo 3 warns is deprecated: the scaled model
+    replaces it by a density, and measuring the stock geoms drops it (sizes do not depend on it)."""
+    from mrcom_lightning.scenarios import mjcf
+
+    with caplog.at_level("WARNING"):
+        mjcf._compiled_torso_geoms.__wrapped__(get_domain("cheetah"))  # past the cache: compile again
+        scaled_model(get_domain("cheetah"), 1.2, 0.9)
+    assert not [r for r in caplog.records if "settotalmass" in r.getMessage()]
+
+
 @pytest.mark.parametrize("domain", DOMAIN_NAMES)
 def test_torso_mass_grows_with_both_scales(domain):
     default = _physics(domain).model.body_mass

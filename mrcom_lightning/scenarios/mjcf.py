@@ -69,7 +69,11 @@ def _compiled_torso_geoms(domain: Domain) -> dict[str, tuple[str, int, np.ndarra
     """name -> (kind, own axis nearest `torso_axis`, compiled size) of each of `domain.torso_geoms`
     found in the compiled unscaled model (kinds and sizes may come from MJCF default classes)."""
     xml, assets = domain.model()
-    model = mujoco.Physics.from_xml_string(xml, assets).model
+    root = ET.fromstring(xml)
+    compiler = root.find("compiler")
+    if compiler is not None:  # sizes do not depend on it, and MuJoCo warns that it is deprecated
+        compiler.attrib.pop("settotalmass", None)
+    model = mujoco.Physics.from_xml_string(ET.tostring(root, encoding="unicode"), assets).model
     found = {}
     for name in domain.torso_geoms:
         index = mj.mj_name2id(model.ptr, mj.mjtObj.mjOBJ_GEOM, name)
