@@ -129,11 +129,13 @@ def table_cells(results, split: str, error: str, domains: list[str]) -> dict[tup
 
 def ood_open_loop(results, variant: str, domains: list[str], error: str = "open_loop_rel_mse") -> list[float]:
     """Per seed: the open-loop observation error averaged over domains and the three OOD kinds."""
-    return [float(np.mean([overall(m, split, error, domains) for split in OOD_SPLITS])) for m in results.get(variant, {}).values()]
+    cells = results.get(variant, {}).values()
+    return [float(np.mean([overall(metrics, split, error, domains) for split in OOD_SPLITS])) for metrics in cells]
 
 
-def summary_comparison(results, domains: list[str], baseline: str, error: str = "open_loop_rel_mse",
-                       suffix: str = "") -> tuple[str, float, float, int]:  # fmt: skip
+def summary_comparison(
+    results, domains: list[str], baseline: str, error: str = "open_loop_rel_mse", suffix: str = ""
+) -> tuple[str, float, float, int]:
     """MrCoM against `baseline` on the OOD open-loop observation error (per-dim relative, or `error`),
     paired over the seeds both have: (the line's name, the ratio of means, the paired t-test's p, the seeds)."""
     name = f"{REFERENCE}_over_{baseline}_ood_open_loop{suffix}"
