@@ -34,6 +34,16 @@ def _format(values: np.ndarray) -> str:
     return " ".join(f"{v:.6g}" for v in values)
 
 
+def _stock_tree(domain: Domain) -> tuple[ET.Element, dict, float | None]:
+    """The domain's stock MJCF tree without `<compiler settotalmass>` (which MuJoCo 3 deprecates),
+    its assets, and the total mass it set (None where it set none)."""
+    xml, assets = domain.model()
+    root = ET.fromstring(xml)
+    compiler = root.find("compiler")
+    total = compiler.attrib.pop("settotalmass", None) if compiler is not None else None
+    return root, assets, None if total is None else float(total)
+
+
 @functools.lru_cache(maxsize=None)
 def _mass_density(domain: Domain) -> float | None:
     """The density that reproduces a `settotalmass` model's default masses, or None.
@@ -42,12 +52,9 @@ def _mass_density(domain: Domain) -> float | None:
     re-normalise a heavier torso away. Replacing it by the equivalent uniform density keeps
     the default scenario identical and lets a scaled torso add or remove mass.
     """
-    xml, assets = domain.model()
-    root = ET.fromstring(xml)
-    compiler = root.find("compiler")
-    if compiler is None or "settotalmass" not in compiler.attrib:
+    root, assets, total = _stock_tree(domain)
+    if total is None:
         return None
-    total = float(compiler.attrib.pop("settotalmass"))
     free_mass = mujoco.Physics.from_xml_string(ET.tostring(root, encoding="unicode"), assets)
     return DEFAULT_DENSITY * total / float(free_mass.model.body_mass.sum())
 
@@ -68,11 +75,7 @@ _SIZE_COUNT = {"sphere": 1, "capsule": 2, "cylinder": 2, "ellipsoid": 3, "box": 
 def _compiled_torso_geoms(domain: Domain) -> dict[str, tuple[str, int, np.ndarray]]:
     """name -> (kind, own axis nearest `torso_axis`, compiled size) of each of `domain.torso_geoms`
     found in the compiled unscaled model (kinds and sizes may come from MJCF default classes)."""
-    xml, assets = domain.model()
-    root = ET.fromstring(xml)
-    compiler = root.find("compiler")
-    if compiler is not None:  # sizes do not depend on it, and MuJoCo warns that it is deprecated
-        compiler.attrib.pop("settotalmass", None)
+    root, assets, _ = _stock_tree(domain)  # sizes do not depend on the total mass
     model = mujoco.Physics.from_xml_string(ET.tostring(root, encoding="unicode"), assets).model
     found = {}
     for name in domain.torso_geoms:
@@ -132,11 +135,9 @@ def scaled_model(domain: Domain, length_scale: float, size_scale: float) -> tupl
     the torso body is lifted by the extra length below its origin, so that the legs start
     above the floor as by default.
     """
-    xml, assets = domain.model()
-    root = ET.fromstring(xml)
+    root, assets, _ = _stock_tree(domain)
     density = _mass_density(domain)
     if density is not None:
-        root.find("compiler").attrib.pop("settotalmass")
         default = root.find("default")
         ET.SubElement(default, "geom", density=f"{density:.6g}")
 
