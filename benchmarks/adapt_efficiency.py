@@ -359,11 +359,17 @@ def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict:
     from mrcom_lightning.launch import Cell, run_cells
 
     args = _SHARED["args"]
+    records = {task: json.loads(run_path(*task).read_text()) for task in tasks if run_path(*task).exists()}
+    pending = [task for task in tasks if task not in records]
+    print(f"{len(records)} of {len(tasks)} runs stored, {len(pending)} to run", flush=True)
+    # only the runs to make go to the launcher: stored ones would count as instant cells in its time estimate
     cells = [Cell(f"{m}-{t.replace('/', '-')}-seed{s}", _SHARED["out"] / "cells" / f"{m}-{t.replace('/', '-')}-seed{s}",
-                  ((m, t, s),), cpus=args.threads) for m, t, s in tasks]
+                  ((m, t, s),), cpus=args.threads) for m, t, s in pending]
     workers = jobs if args.device == "cpu" else 1  # CUDA does not survive a fork
-    summary = run_cells(cells, run_task, workers=workers, start_method="fork", skip_done=False, label="adapt_efficiency")
-    return {task: summary.results[cell.name] for task, cell in zip(tasks, cells) if cell.name in summary.results}
+    if cells:
+        summary = run_cells(cells, run_task, workers=workers, start_method="fork", skip_done=False, label="adapt_efficiency")
+        records.update({task: summary.results[cell.name] for task, cell in zip(pending, cells) if cell.name in summary.results})
+    return {task: records[task] for task in tasks if task in records}
 
 
 def stored_records(args: argparse.Namespace, configs: dict, scenarios_digests: dict[int, str]) -> dict:

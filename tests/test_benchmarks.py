@@ -67,6 +67,7 @@ def test_the_adaptation_benchmark_runs_every_method_and_resumes(tmp_path):
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # every run is stored: none reruns
     assert again.returncode == 0 and "  ran " not in again.stdout
+    assert f"{len(methods) * 2} of {len(methods) * 2} runs stored, 0 to run" in again.stdout
     assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
 
     # What ships is what was measured: `mrcom adapt` with the loop config (and --smoke's tiny values as
