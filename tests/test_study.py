@@ -185,8 +185,9 @@ def test_holm_corrected_paired_p_values_match_a_hand_computation(tmp_path):
         test = compared["test_id", "open_loop_rel_mse", v]
         assert test["p"] == pytest.approx(raw[v]) and test["p_holm"] == pytest.approx(by_hand[v]), v
         assert test["ratio"] == pytest.approx(np.mean(overall[v]) / np.mean(overall["mrcom"]))
-    text = study.report(results, tmp_path)
+    text, lines = study.report(results, tmp_path)
     assert "over this report's 3 comparisons" in text
+    assert lines and all(line.startswith("mrcom_over_") and line in text for line in lines)
     row = next(line for line in text.splitlines() if line.startswith("| overall |"))
     for v in raw:
         assert f"| {np.mean(overall[v]) / np.mean(overall['mrcom']):.4f} | {by_hand[v]:.3g} |" in row, v
