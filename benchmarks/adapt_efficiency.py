@@ -364,7 +364,7 @@ def run_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict:
     print(f"{len(records)} of {len(tasks)} runs stored, {len(pending)} to run", flush=True)
     # only the runs to make go to the launcher: stored ones would count as instant cells in its time estimate
     cells = [Cell(f"{m}-{t.replace('/', '-')}-seed{s}", _SHARED["out"] / "cells" / f"{m}-{t.replace('/', '-')}-seed{s}",
-                  ((m, t, s),), cpus=args.threads) for m, t, s in pending]
+                  ((m, t, s),), cpus=args.threads, group=m) for m, t, s in pending]
     workers = jobs if args.device == "cpu" else 1  # CUDA does not survive a fork
     if cells:
         summary = run_cells(cells, run_task, workers=workers, start_method="fork", skip_done=False, label="adapt_efficiency")

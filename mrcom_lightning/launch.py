@@ -40,6 +40,7 @@ class Cell:
     args: tuple = ()  # what `fn` is called with (picklable)
     cpus: int = 1  # its torch threads, and the CPUs a Ray task of it reserves
     gpus: float = 0  # the GPUs a Ray task of it reserves (Ray sets CUDA_VISIBLE_DEVICES; local cells see every GPU)
+    group: str = ""  # cells of one group (a variant, a method) take about as long: the time left is estimated per group
 
     @property
     def log(self) -> Path:
@@ -159,7 +160,7 @@ def schedule(pending: list[Cell], backend, slots: int, summary: Summary, display
         while queue and len(flight) < slots:
             cell = queue.pop(0)
             flight[backend.submit(cell, os.getcwd())] = (cell, time.monotonic())
-        display.show(summary, [start for _, start in flight.values()])
+        display.show(summary, [(start, cell.group) for cell, start in flight.values()], [cell.group for cell in queue])
         for handle in backend.wait(list(flight)):
             cell, _ = flight.pop(handle)
             outcome = backend.outcome(handle, cell)
@@ -167,8 +168,8 @@ def schedule(pending: list[Cell], backend, slots: int, summary: Summary, display
             if outcome.status == "finished":
                 record = {"name": cell.name, "seconds": round(outcome.seconds, 3), "result": outcome.result}
                 (cell.folder / DONE).write_text(json.dumps(record, indent=1, default=str))
-            display.durations.append(outcome.seconds)
-    display.show(summary, [])
+            display.durations.setdefault(cell.group, []).append(outcome.seconds)
+    display.show(summary, [], [])
 
 
 def attempt(fn: Callable[..., Any], cell: Cell, cwd: str) -> Outcome:
@@ -359,9 +360,11 @@ class Progress:
         self.total, self.skipped, self.slots, self.enabled, self.label = total, skipped, slots, enabled, label
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.start, self.last, self.durations = time.monotonic(), "", []
+        self.start, self.last = time.monotonic(), ""
+        self.durations: dict[str, list[float]] = {}  # group -> the times of its ended cells
 
-    def show(self, summary: Summary, running: list[float]) -> None:
+    def show(self, summary: Summary, running: list[tuple[float, str]], waiting: list[str]) -> None:
+        """`running`: (start time, group) of each cell in flight; `waiting`: the group of each cell not started."""
         if not self.enabled:
             return
         finished, failed = len(summary.named("finished")), len(summary.named("failed"))
@@ -371,21 +374,27 @@ class Progress:
             return
         self.last = counts
         now = time.monotonic()
-        line = f"{self.label} {counts} | {clock(now - self.start)} elapsed{self.left(now, running, finished + failed)}"
+        line = f"{self.label} {counts} | {clock(now - self.start)} elapsed{self.left(now, running, waiting)}"
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def left(self, now: float, running: list[float], ended: int) -> str:
-        """`, ~T left`: the mean cell's time for each cell not started, the rest of it for each running."""
-        if not self.durations:
+    def left(self, now: float, running: list[tuple[float, str]], waiting: list[str]) -> str:
+        """`, ~T left`: for each cell not started its group's mean time (the mean over every group until
+        one of its own has ended), for each cell running the rest of it, shared over the slots."""
+        times = [t for group in self.durations.values() for t in group]
+        if not times:
             return ""
-        mean = sum(self.durations) / len(self.durations)
-        waiting = self.total - self.skipped - ended - len(running)
-        work = waiting * mean + sum(max(mean - (now - start), 0.0) for start in running)
-        width = max(1, min(self.slots or len(running) or 1, waiting + len(running)))
+        overall = sum(times) / len(times)
+
+        def mean(group: str) -> float:
+            own = self.durations.get(group)
+            return sum(own) / len(own) if own else overall
+
+        work = sum(mean(g) for g in waiting) + sum(max(mean(g) - (now - start), 0.0) for start, g in running)
+        width = max(1, min(self.slots or len(running) or 1, len(waiting) + len(running)))
         return f", ~{clock(work / width)} left"
 
     def close(self) -> None:

@@ -208,7 +208,7 @@ def run_units(units: list[Unit], args) -> launch.Summary:
     paired blocks), the model's units first within a seed; `args`' launch settings."""
     pending = sorted((u for u in units if u.stored() is None), key=lambda u: (u.seed, not u.use_model))
     cells = [launch.Cell(u.name, u.path.parent / "logs" / u.path.stem, (u, args.adapt_device),
-                         cpus=args.cpus_per_cell, gpus=args.gpus_per_cell) for u in pending]  # fmt: skip
+                         cpus=args.cpus_per_cell, gpus=args.gpus_per_cell, group=u.method) for u in pending]  # fmt: skip
     print(f"adaptations: {len(units) - len(pending)} of {len(units)} stored, {len(pending)} to run", flush=True)
     options = {key: getattr(args, key) for key in ("workers", "launcher", "address")}
     return launch.run_cells(cells, run_unit, skip_done=False, label="adaptations", **options)

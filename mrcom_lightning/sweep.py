@@ -208,8 +208,9 @@ def run_cells(args, parent_run_id: str | None) -> launch.Summary | None:
     # Only what a cell needs beyond its worker's own environment (a Ray worker sets its GPUs there).
     env = {tracking.PARENT_RUN_ENV: parent_run_id} if parent_run_id else {}
     env |= {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]} if "MLFLOW_TRACKING_URI" in os.environ else {}
-    cells = [launch.Cell(folder.name, folder, (steps, env), cpus=args.cpus_per_cell, gpus=args.gpus_per_cell)
-             for folder, steps in commands(args)]  # fmt: skip
+    # A variant's cells (its folders, one per seed) form one group of the launcher's time estimate.
+    cells = [launch.Cell(folder.name, folder, (steps, env), cpus=args.cpus_per_cell, gpus=args.gpus_per_cell,
+                         group=folder.name.rsplit("-seed", 1)[0]) for folder, steps in commands(args)]  # fmt: skip
     return launch.run_cells(cells, launch.run_commands, label=f"{Path(args.root).name} cells", **options)
 
 

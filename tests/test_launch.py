@@ -72,14 +72,27 @@ def test_command_cells_write_their_output_to_their_log(tmp_path):
 def test_progress_estimates_the_time_left_from_finished_cells():
     stream = io.StringIO()
     progress = launch.Progress(total=6, skipped=1, slots=2, stream=stream)
-    progress.durations = [60.0, 60.0]
+    progress.durations = {"": [60.0, 60.0]}
     summary = launch.Summary({f"c{i}": launch.Outcome(f"c{i}", "finished") for i in range(2)})
     now = time.monotonic()
-    progress.show(summary, running=[now - 30.0, now - 30.0])
+    progress.show(summary, running=[(now - 30.0, ""), (now - 30.0, "")], waiting=[""])
     # 1 cell waiting (60 s) and 2 running with about 30 s each left, over 2 slots: about 60 s.
     line = stream.getvalue().strip()
     assert line.startswith("grid 3/6 cells: 2 finished, 2 running, 0 failed, 1 skipped | ")
     assert line.endswith("~1m00s left") or line.endswith("~0m59s left")
+
+
+def test_progress_estimates_each_group_by_its_own_cells():
+    """Cells of a short group ended first must not make the long ones look short: a waiting cell is
+    costed at its group's mean, and at the mean over every group until one of its own has ended."""
+    stream = io.StringIO()
+    progress = launch.Progress(total=8, skipped=0, slots=2, stream=stream)
+    progress.durations = {"sac": [40.0, 40.0], "droq": [400.0]}
+    summary = launch.Summary({f"c{i}": launch.Outcome(f"c{i}", "finished") for i in range(3)})
+    now = time.monotonic()
+    progress.show(summary, running=[(now - 100.0, "droq"), (now - 10.0, "sac")], waiting=["droq", "droq", "mrcom"])
+    # running: 300 + 30 s left; waiting: 400 + 400 + mean(40, 40, 400) = 160 s; over 2 slots: 645 s.
+    assert stream.getvalue().strip().endswith("~10m45s left")
 
 
 def test_ray_tasks_on_a_local_instance(tmp_path):
