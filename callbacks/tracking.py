@@ -91,7 +91,7 @@ class TrackRun(SaveConfigCallback):
         tracking.log_params(client, run.info.run_id, params)
         dataset = dataset_settings(trainer)
         if dataset is not None and Path(dataset.root).is_dir():
-            tracking.log_dataset(client, run.info.run_id, dataset.root, "train" if stage == "fit" else stage)
+            tracking.log_dataset(client, uri, run.info.run_id, dataset.root, "train" if stage == "fit" else stage)
 
     def _note(self, trainer, stage: str) -> str:
         """The run's description: the command, and what it trained or evaluated."""

@@ -63,7 +63,7 @@ def store_lock(uri: str) -> Iterator[None]:
 
     MLflow creates and migrates an SQLite store's tables without a lock: three processes that
     open a new store at once can fail with `duplicate column name` (issue 28). Store creation
-    and run naming happen under this lock.
+    and run naming, and logging a dataset, happen under this lock.
     """
     database = sqlite_file(uri)
     if database is None:
@@ -148,15 +148,21 @@ def dataset_digest(root: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def log_dataset(client, run_id: str, root: str | Path, context: str) -> None:
-    """Logs the dataset folder as the run's MLflow input (`context`: train or test), with its digest."""
+def log_dataset(client, uri: str, run_id: str, root: str | Path, context: str) -> None:
+    """Logs the dataset folder as the run's MLflow input (`context`: train or test), with its digest.
+
+    Under `store_lock`: MLflow looks the dataset up, then inserts it, so runs started at once on
+    one dataset race, and the loser fails with `UNIQUE constraint failed: datasets...`.
+    """
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
     root = Path(root).resolve()
     dataset = MetaDataset(LocalArtifactDatasetSource(str(root)), name=root.name, digest=dataset_digest(root))
-    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])]
+    with store_lock(uri):
+        client.log_inputs(run_id, inputs)
 
 
 def log_params(client, run_id: str, params: dict) -> None:

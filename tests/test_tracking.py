@@ -166,6 +166,42 @@ def test_three_processes_open_a_new_store_at_once(tmp_path):
     assert sorted(names) == ["quick-mrcom-seed0", "quick-mrcom-seed0-2", "quick-mrcom-seed0-3"]
 
 
+DATASET_USER = """
+import sys, time
+from mrcom_lightning import tracking
+uri, root, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+client = tracking.prepare_store(uri)
+run = client.create_run(client.get_experiment_by_name("quick").experiment_id)
+time.sleep(max(0.0, start - time.time()))
+tracking.log_dataset(client, uri, run.info.run_id, root, "train")
+"""
+
+
+def test_runs_started_at_once_log_one_dataset(tmp_path):
+    """MLflow looks a dataset up, then inserts it: fits started together on one dataset could die
+    with `UNIQUE constraint failed: datasets...` (CI, session 13). Under `store_lock` each run
+    logs it, and the store holds it once."""
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    root = tmp_path / "quick"
+    root.mkdir()
+    (root / "dataset.json").write_text("{}")
+    client = tracking.prepare_store(uri)
+    tracking.ensure_experiment(client, "quick", uri)
+    start = str(time.time() + 8)
+    processes = [subprocess.Popen([sys.executable, "-c", DATASET_USER, uri, str(root), start], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(6)]  # fmt: skip
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    assert len(runs) == 6
+    assert {d.dataset.name for r in runs for d in r.inputs.dataset_inputs} == {"quick"}
+    assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
+
+
 def test_run_names_say_config_method_and_seed():
     configs = ROOT / "configs"
     assert run_name("fit", [str(QUICK)], "mrcom", 0, None, "runs/quick") == "quick-mrcom-seed0"
