@@ -261,6 +261,41 @@ def test_the_table_configs_parse_and_state_their_budget(size):
         assert study.study_adapt.updates_per_step(loop) == 10 and splits == {"test_id", *study.OOD_SPLITS}
 
 
+def test_an_adaptation_stored_under_other_code_is_redone(tmp_path, monkeypatch):
+    """The study's adaptation key holds the digest of the adaptation code: editing a file it covers
+    changes the digest (a file outside it does not), and a unit stored under another digest is not
+    reused."""
+    from mrcom_lightning import study_adapt
+    from mrcom_lightning.scenarios import ScenarioSpec
+
+    package = Path(study_adapt.__file__).parent
+    copy = tmp_path / "mrcom_lightning"
+    for name in study_adapt.ADAPTATION_CODE:
+        source = package / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            copy.mkdir(exist_ok=True)
+            shutil.copy(source, copy / name)
+    digest = study_adapt.code_digest()
+    monkeypatch.setattr(study_adapt, "__file__", str(copy / "study_adapt.py"))
+    assert study_adapt.code_digest() == digest  # the same sources, the same digest
+    (copy / "launch.py").write_text("# not adaptation code\n")
+    assert study_adapt.code_digest() == digest
+    with (copy / "agents" / "sac.py").open("a") as f:
+        f.write("# an edit\n")
+    edited = study_adapt.code_digest()
+    assert edited != digest
+
+    loop = study_adapt.read_loop(study_adapt.DEFAULT_LOOP, [])
+    spec = ScenarioSpec("walker")
+    unit = study_adapt.Unit("sac", "test_id/walker-0", spec, 0, False, loop, None, None, tmp_path / "u.json", digest)
+    unit.path.write_text(json.dumps({"key": unit.key, "final": 1.0}))
+    assert unit.stored() == {"key": unit.key, "final": 1.0}
+    rerun = study_adapt.Unit("sac", "test_id/walker-0", spec, 0, False, loop, None, None, unit.path, edited)
+    assert rerun.stored() is None
+
+
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
     root = tmp_path / "study"
     main(["study", "--root", str(root), "--seeds", "[0, 1]", "--variants", "[mrcom, cadm]", "--workers", "1"])
