@@ -1,7 +1,8 @@
 """One-off (2026-12-06): the CPU table's units were stored before the study's adaptation key held
 the digest of the adaptation code (`study_adapt.code_digest`). Run at the commit that added it,
-whose adaptation code is the code that made every unit (no file of `study_adapt.ADAPTATION_CODE`
-changed between the study's start, commit 3c193b0, and it): each unit whose stored key is the old
+whose adaptation code is the code that made every unit (the last change to a file of
+`study_adapt.ADAPTATION_CODE` before the merge is a00e9b1, 2026-12-05 19:19; the first unit ended
+at 23:22 and none of those files changed while the study ran): each unit whose stored key is the old
 key of its settings, target, seed and checkpoint gets the new key and the `code` field; any other
 file is left alone and named.
 
