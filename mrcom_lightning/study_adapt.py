@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -35,9 +36,10 @@ CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a cell's folder: the one `m
 DEFAULT_TARGETS = ["test_id/*/0", "test_ood/*/0"]
 DEFAULT_LOOP = "configs/adapt/loop.yaml"
 REFERENCE = "mrcom"
-# The package's sources that decide an adaptation's result: the loop, the agent, the world models
-# and how a checkpoint loads into them, the scenarios' physics. An edit to any of them redoes the units.
-ADAPTATION_CODE = ("adaptation", "agents", "models", "scenarios", "batch.py", "checkpoints.py", "metrics.py", "module.py")
+# The modules whose source decides an adaptation's result: the loop and its data, the agent, the
+# world models and how a checkpoint loads into them, the scenarios' physics. Editing one redoes the units.
+ADAPTATION_CODE = ("adaptation", "agents", "models", "scenarios", "datamodules", "batch", "checkpoints", "metrics",
+                   "module", "seeding", "training")
 
 
 def add_arguments(parser) -> None:
@@ -137,15 +139,25 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()[:12]
 
 
-def code_digest() -> str:
-    """The digest of `ADAPTATION_CODE`'s Python files (their paths in the package and their bytes)."""
-    package = Path(__file__).parent
-    sha = hashlib.sha1()
+def adaptation_sources() -> list[tuple[str, Path]]:
+    """`ADAPTATION_CODE`'s Python files as (name in the package, path), wherever each is installed."""
+    files = []
     for name in ADAPTATION_CODE:
-        path = package / name
-        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            sha.update(source.relative_to(package).as_posix().encode())
-            sha.update(source.read_bytes())
+        spec = importlib.util.find_spec(f"mrcom_lightning.{name}")
+        if spec.submodule_search_locations:  # a package: every module under its folder
+            folder = Path(spec.submodule_search_locations[0])
+            files += [(f"{name}/{path.relative_to(folder).as_posix()}", path) for path in sorted(folder.rglob("*.py"))]
+        else:
+            files.append((f"{name}.py", Path(spec.origin)))
+    return files
+
+
+def code_digest(files: list[tuple[str, Path]] | None = None) -> str:
+    """The digest of the names and bytes of `files` (default: `adaptation_sources()`)."""
+    sha = hashlib.sha1()
+    for name, path in adaptation_sources() if files is None else files:
+        sha.update(name.encode())
+        sha.update(path.read_bytes())
     return sha.hexdigest()[:12]
 
 
