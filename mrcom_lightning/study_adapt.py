@@ -250,6 +250,26 @@ def records(units: list[Unit]) -> list[dict]:
     return [record for unit in units if (record := unit.stored()) is not None]
 
 
+def behaviour_scores(units: list[Unit], steps: int) -> dict[tuple[str, str], dict[int, float]]:
+    """(policy, target) -> episode index -> the score of the study dataset's behaviour episode on the
+    target over its first `steps` steps (the return in percent of its maximum, the adaptation's unit):
+    what the behaviour policies, trained on the training scenarios, reach there. Read from the data
+    the models were trained with (the dataset root of a unit's checkpoint); empty without one."""
+    from mrcom_lightning.checkpoints import load_checkpoint
+    from mrcom_lightning.data.episodes import EpisodeStore
+
+    checkpoint = next((u.checkpoint for u in units if u.checkpoint), None)
+    if checkpoint is None:
+        return {}
+    store = EpisodeStore(load_checkpoint(checkpoint)["datamodule_hyper_parameters"]["dataset"].root)
+    cells = {}
+    for target, spec in {u.target: u.spec for u in units}.items():
+        for info in store.index(spec.id):
+            reward = store.read(info.path).reward[:steps]
+            cells.setdefault((info.policy, target), {})[info.index] = 100.0 * float(reward.sum()) / steps
+    return cells
+
+
 def settings_text(args, loop: AdaptationConfig) -> str:
     """The table's settings line: the loop's file, overrides and budget."""
     overrides = f" {' '.join(args.adapt_overrides)}" if args.adapt_overrides else ""
