@@ -129,9 +129,9 @@ def summary_line(cells: Cells, compared: dict, variants: list[str], targets: lis
             f"not_ahead={','.join(behind) or 'none'}")  # fmt: skip
 
 
-def score_table(cells: Cells, methods: list[str], targets: list[str], bold: bool = True) -> str:
+def score_table(cells: Cells, methods: list[str], targets: list[str], bold: bool = True, rows: str = "method") -> str:
     """Rows = methods, columns = targets, entries mean ± std (n) over seeds; the column's best in bold."""
-    lines = ["| method | " + " | ".join(column_label(t) for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    lines = [f"| {rows} | " + " | ".join(column_label(t) for t in targets) + " |", "|---|" + "---|" * len(targets)]
     best = {t: best_methods(cells, methods, t) for t in targets}
     for method in methods:
         texts = []
@@ -160,10 +160,30 @@ def comparison_table(compared: dict, methods: list[str], targets: list[str]) -> 
     return "\n".join(lines)
 
 
-def report(records: list[dict], root: Path, variants: list[str], controls: list[str], settings: str = "") -> str:
+def behaviour_section(behaviour: Cells, targets: list[str]) -> list[str]:
+    """The reference table of the behaviour policies' scores on the targets (none without any)."""
+    policies = list(dict.fromkeys(policy for policy, target in behaviour if target in targets))  # the data's order
+    if not policies:
+        return []
+    return [
+        "\n## Reference: the dataset's behaviour policies on the same targets\n",
+        (
+            "Not compared, and not a ceiling: the score over the first `episode_steps` steps (the evaluation's "
+            "episode length) of each of the study dataset's episodes on the target, mean ± std over its episodes (n). The policies are snapshots of "
+            "one SAC agent per domain, conditioned on the scenario's parameters and trained on the training "
+            "scenarios with far more experience than an adaptation's budget; on a test target `expert` is the "
+            "snapshot best on average over the training scenarios (docs/commands.md, `mrcom collect`).\n"
+        ),
+        score_table(behaviour, policies, targets, bold=False, rows="behaviour policy"),
+    ]
+
+
+def report(records: list[dict], root: Path, variants: list[str], controls: list[str], settings: str = "",
+           behaviour: Cells | None = None) -> str:  # fmt: skip
     """Writes `report_adapt.md`, `report_adapt.csv` and `adapt_curves.png` under `root` from the
     adaptation records (one per method, target and seed); returns the Markdown, whose last line is
-    `summary_line`'s."""
+    `summary_line`'s. `behaviour` ((policy, target) -> episode -> score, `study_adapt.behaviour_scores`)
+    adds a reference table of the dataset's behaviour policies on the same targets."""
     targets = ordered_targets(r["target"] for r in records)
     present = {r["method"] for r in records}
     methods = [m for m in variants if m in present] + [m for m in controls if m in present]
@@ -185,6 +205,7 @@ def report(records: list[dict], root: Path, variants: list[str], controls: list[
         score_table(finals, methods, targets),
         "\n## Mean over the score curve\n",
         score_table(curves, methods, targets),
+        *behaviour_section(behaviour or {}, targets),
         f"\n## Against {REFERENCE}\n",
         (
             f"{REFERENCE}'s mean final score ÷ the method's over the seeds both have (> 1: {REFERENCE} ahead); p: "

@@ -301,10 +301,12 @@ def adapt_report(args, root: Path, units: list, client, run_id: str) -> str | No
     """The adaptation table of the stored results (adapt_table.py), logged to the parent run."""
     records = study_adapt.records(units)
     if not records:
-        print(f"mrcom study: no adaptation stored under {root} with these settings yet: no adaptation table")
+        print(f"mrcom study: no adaptation stored under {root} with these settings and this code yet: no adaptation table")
         return None
-    settings = study_adapt.settings_text(args, study_adapt.read_loop(args.adapt_config, args.adapt_overrides))
-    text = adapt_table.report(records, root, args.variants, args.controls, settings)
+    loop = study_adapt.read_loop(args.adapt_config, args.adapt_overrides)
+    settings = study_adapt.settings_text(args, loop)
+    behaviour = study_adapt.behaviour_scores(units, loop.episode_steps)
+    text = adapt_table.report(records, root, args.variants, args.controls, settings, behaviour)
     adapt_table.log_report(client, run_id, root, text.strip().splitlines()[-1])
     return text
 

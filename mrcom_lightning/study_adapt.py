@@ -9,8 +9,9 @@ run once per target and seed; `null` on the MrCoM cell's model of that seed.
 Each adaptation is one unit of `launch.run_cells` (local processes or Ray tasks, one torch thread
 each by default): its result is written as soon as it ends, to `<cell>/adapt/<split>-<domain>-<index>.json`
 or `<root>/controls/<control>-seed<seed>/<split>-<domain>-<index>.json`, with the digest of what
-decides it (settings, target, seed, the checkpoint's bytes). A re-run skips every unit whose file
-has the same digest and redoes one whose settings or checkpoint changed. adapt_table.py writes the table.
+decides it (settings, target, seed, the checkpoint's bytes, the source of the code that adapts:
+`ADAPTATION_CODE`). A re-run skips every unit whose file has the same digest and redoes one whose
+settings, checkpoint or code changed. adapt_table.py writes the table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -34,6 +36,10 @@ CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a cell's folder: the one `m
 DEFAULT_TARGETS = ["test_id/*/0", "test_ood/*/0"]
 DEFAULT_LOOP = "configs/adapt/loop.yaml"
 REFERENCE = "mrcom"
+# The modules whose source decides an adaptation's result: the loop and its data, the agent, the
+# world models and how a checkpoint loads into them, the scenarios' physics. Editing one redoes the units.
+ADAPTATION_CODE = ("adaptation", "agents", "models", "scenarios", "datamodules", "batch", "checkpoints", "metrics",
+                   "module", "seeding", "training")
 
 
 def add_arguments(parser) -> None:
@@ -104,6 +110,7 @@ class Unit:
     checkpoint: str | None  # the world model adapted (None: model-free)
     checkpoint_digest: str | None
     path: Path
+    code: str  # code_digest() when the study was planned
 
     @property
     def name(self) -> str:
@@ -112,7 +119,7 @@ class Unit:
     @property
     def key(self) -> str:
         """The digest of what decides the result: a stored one with another key is redone."""
-        what = [self.use_model, repr(self.config), repr(self.spec), self.seed, self.checkpoint_digest]
+        what = [self.use_model, repr(self.config), repr(self.spec), self.seed, self.checkpoint_digest, self.code]
         return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]
 
     def stored(self) -> dict | None:
@@ -132,6 +139,28 @@ def file_digest(path: Path) -> str:
     return sha.hexdigest()[:12]
 
 
+def adaptation_sources() -> list[tuple[str, Path]]:
+    """`ADAPTATION_CODE`'s Python files as (name in the package, path), wherever each is installed."""
+    files = []
+    for name in ADAPTATION_CODE:
+        spec = importlib.util.find_spec(f"mrcom_lightning.{name}")
+        if spec.submodule_search_locations:  # a package: every module under its folder
+            folder = Path(spec.submodule_search_locations[0])
+            files += [(f"{name}/{path.relative_to(folder).as_posix()}", path) for path in sorted(folder.rglob("*.py"))]
+        else:
+            files.append((f"{name}.py", Path(spec.origin)))
+    return files
+
+
+def code_digest(files: list[tuple[str, Path]] | None = None) -> str:
+    """The digest of the names and bytes of `files` (default: `adaptation_sources()`)."""
+    sha = hashlib.sha1()
+    for name, path in adaptation_sources() if files is None else files:
+        sha.update(name.encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:12]
+
+
 def cell_targets(checkpoint: Path, selectors: list[str]) -> dict[str, ScenarioSpec]:
     """The targets named by `selectors` in the scenario set the checkpoint was trained with."""
     from mrcom_lightning.adaptation.targets import resolve_targets
@@ -147,7 +176,7 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
     best checkpoint are there) and the controls of every seed with one; and notes on what cannot run."""
     from mrcom_lightning.tracking import TEST_METRICS
 
-    units, notes = [], []
+    units, notes, code = [], [], code_digest()
     for seed in sorted({s for _, s in cells}):
         trained = {v: folder / CHECKPOINT for (v, s), folder in cells.items()
                    if s == seed and (folder / TEST_METRICS).is_file() and (folder / CHECKPOINT).is_file()}  # fmt: skip
@@ -161,7 +190,7 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
         for variant, path in trained.items():
             for target, spec in targets[variant].items():
                 file = path.parent.parent / ADAPT / f"{target.replace('/', '-')}.json"
-                units.append(Unit(variant, target, spec, seed, True, loop, str(path), digests[variant], file))
+                units.append(Unit(variant, target, spec, seed, True, loop, str(path), digests[variant], file, code))
         # The controls' targets: from MrCoM's cell of the seed (every cell shares the scenario set).
         source = REFERENCE if REFERENCE in trained else next(iter(trained))
         for control in controls:
@@ -173,7 +202,7 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
             for target, spec in targets[source].items():
                 file = root / CONTROL_FOLDER / f"{control}-seed{seed}" / f"{target.replace('/', '-')}.json"
                 units.append(Unit(control, target, spec, seed, use_model, config, str(checkpoint) if checkpoint else None,
-                                  digests[REFERENCE] if use_model else None, file))  # fmt: skip
+                                  digests[REFERENCE] if use_model else None, file, code))  # fmt: skip
     return units, notes
 
 
@@ -192,7 +221,7 @@ def run_unit(unit: Unit, device: str) -> dict:
         "updates_per_step": updates_per_step(unit.config) if unit.use_model else unit.config.sac.updates_per_step,
         "settings": dataclasses.asdict(unit.config),
         "settings_digest": hashlib.sha1(repr(unit.config).encode()).hexdigest()[:12],
-        "checkpoint": unit.checkpoint, "checkpoint_digest": unit.checkpoint_digest, "device": device, "key": unit.key,
+        "checkpoint": unit.checkpoint, "checkpoint_digest": unit.checkpoint_digest, "device": device, "code": unit.code, "key": unit.key,
         "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")},
     }  # fmt: skip
     unit.path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +238,9 @@ def run_units(units: list[Unit], args) -> launch.Summary:
     pending = sorted((u for u in units if u.stored() is None), key=lambda u: (u.seed, not u.use_model))
     cells = [launch.Cell(u.name, u.path.parent / "logs" / u.path.stem, (u, args.adapt_device),
                          cpus=args.cpus_per_cell, gpus=args.gpus_per_cell, group=u.method) for u in pending]  # fmt: skip
-    print(f"adaptations: {len(units) - len(pending)} of {len(units)} stored, {len(pending)} to run", flush=True)
+    stale = sum(u.path.is_file() for u in pending)
+    redone = f" ({stale} stored under other settings, checkpoints or code: redone)" if stale else ""
+    print(f"adaptations: {len(units) - len(pending)} of {len(units)} stored, {len(pending)} to run{redone}", flush=True)
     options = {key: getattr(args, key) for key in ("workers", "launcher", "address")}
     return launch.run_cells(cells, run_unit, skip_done=False, label="adaptations", **options)
 
@@ -217,6 +248,26 @@ def run_units(units: list[Unit], args) -> launch.Summary:
 def records(units: list[Unit]) -> list[dict]:
     """The stored results of the units (those with a matching key)."""
     return [record for unit in units if (record := unit.stored()) is not None]
+
+
+def behaviour_scores(units: list[Unit], steps: int) -> dict[tuple[str, str], dict[int, float]]:
+    """(policy, target) -> episode index -> the score of the study dataset's behaviour episode on the
+    target over its first `steps` steps (the return in percent of its maximum, the adaptation's unit):
+    what the behaviour policies, trained on the training scenarios, reach there. Read from the data
+    the models were trained with (the dataset root of a unit's checkpoint); empty without one."""
+    from mrcom_lightning.checkpoints import load_checkpoint
+    from mrcom_lightning.data.episodes import EpisodeStore
+
+    checkpoint = next((u.checkpoint for u in units if u.checkpoint), None)
+    if checkpoint is None:
+        return {}
+    store = EpisodeStore(load_checkpoint(checkpoint)["datamodule_hyper_parameters"]["dataset"].root)
+    cells = {}
+    for target, spec in {u.target: u.spec for u in units}.items():
+        for info in store.index(spec.id):
+            reward = store.read(info.path).reward[:steps]
+            cells.setdefault((info.policy, target), {})[info.index] = 100.0 * float(reward.sum()) / steps
+    return cells
 
 
 def settings_text(args, loop: AdaptationConfig) -> str:

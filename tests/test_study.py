@@ -17,6 +17,7 @@ from scipy import stats
 
 from mrcom_lightning import adapt_table, study
 from mrcom_lightning.cli import main
+from mrcom_lightning.compare import cell_text
 
 DOMAINS = ("cheetah", "walker")
 
@@ -225,8 +226,13 @@ def test_the_adaptation_table_matches_a_hand_computation(tmp_path):
     p = max(by_hand["cadm", cheetah], by_hand["rssm", walker])
     last = (f"mrcom_over_best_other_adapt={np.sqrt(ratios[0] * ratios[1]):.3f} p={p:.3g} seeds=3 columns=2/2 "
             f"not_ahead={walker}")  # fmt: skip
-    text = adapt_table.report(records, tmp_path, ["mrcom", "rssm", "cadm"], ["null", "sac"])
+    behaviour = {("expert", cheetah): {0: 40.0, 1: 44.0}, ("medium", walker): {3: 20.0}, ("expert", "test_id/hopper-0"): {0: 9.0}}
+    text = adapt_table.report(records, tmp_path, ["mrcom", "rssm", "cadm"], ["null", "sac"], behaviour=behaviour)
     assert text.rstrip().splitlines()[-1] == last
+    reference = text.split("## Reference: the dataset's behaviour policies")[1].split("##")[0].strip().splitlines()
+    assert reference[-4:] == ["| behaviour policy | cheetah · ID #0 | walker · OOD dynamics #0 |", "|---|---|---|",
+                              "| expert | 42.0 ± 2.0 (n=2) | – |", "| medium | – | 20.0 (n=1) |"]  # (not bold; hopper not a column)
+    assert text.index("## Reference") < text.index("## Against mrcom")
     assert "Holm-corrected over this table's 8 comparisons" in text
     final = text.split("## Final score")[1].split("##")[0].strip().splitlines()
     assert final[0] == "| method | cheetah · ID #0 | walker · OOD dynamics #0 |"
@@ -259,6 +265,37 @@ def test_the_table_configs_parse_and_state_their_budget(size):
     else:
         assert (loop.env_steps, loop.episode_steps, args.sizes, args.adapt_device) == (100_000, 1000, "paper", "cuda")
         assert study.study_adapt.updates_per_step(loop) == 10 and splits == {"test_id", *study.OOD_SPLITS}
+
+
+def test_an_adaptation_stored_under_other_code_is_redone(tmp_path):
+    """The study's adaptation key holds the digest of the adaptation code: it covers the loop's,
+    the agent's and the models' modules (not the launcher's), an edit to one changes it, and a unit
+    stored under another digest is not reused."""
+    from mrcom_lightning import study_adapt
+    from mrcom_lightning.scenarios import ScenarioSpec
+
+    sources = study_adapt.adaptation_sources()
+    names = {name for name, _ in sources}
+    assert {"adaptation/loop.py", "agents/sac.py", "models/world_model.py", "datamodules/meta_episodes.py",
+            "training.py"} <= names and "launch.py" not in names  # fmt: skip
+    copies = []
+    for name, path in sources:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        copies.append((name, Path(shutil.copy(path, tmp_path / name))))
+    digest = study_adapt.code_digest()
+    assert study_adapt.code_digest(copies) == digest  # the same sources, the same digest
+    with (tmp_path / "agents" / "sac.py").open("a") as f:
+        f.write("# an edit\n")
+    edited = study_adapt.code_digest(copies)
+    assert edited != digest
+
+    loop = study_adapt.read_loop(study_adapt.DEFAULT_LOOP, [])
+    spec = ScenarioSpec("walker")
+    unit = study_adapt.Unit("sac", "test_id/walker-0", spec, 0, False, loop, None, None, tmp_path / "u.json", digest)
+    unit.path.write_text(json.dumps({"key": unit.key, "final": 1.0}))
+    assert unit.stored() == {"key": unit.key, "final": 1.0}
+    rerun = study_adapt.Unit("sac", "test_id/walker-0", spec, 0, False, loop, None, None, unit.path, edited)
+    assert rerun.stored() is None
 
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
@@ -369,6 +406,18 @@ def test_the_adaptation_table_of_a_tiny_study(tiny_study, tmp_path, monkeypatch,
 
     text = Path("runs/report_adapt.md").read_text()
     assert text.strip() in capsys.readouterr().out
+    # The reference rows: the tiny dataset's episodes on the target, their first 20 steps (the loop's episodes).
+    from mrcom_lightning.data.episodes import EpisodeStore
+
+    store = EpisodeStore(cwd / "data")
+    (spec,) = [spec for spec in store.specs().values() if str(spec) == record["spec"]]
+    by_policy = {}
+    for info in store.index(spec.id):
+        by_policy.setdefault(info.policy, []).append(100 * store.read(info.path).reward[:20].sum() / 20)
+    assert by_policy
+    reference = text.split("## Reference")[1].split("##")[0]
+    for policy, scores in by_policy.items():
+        assert f"| {policy} | {cell_text(scores, 1)} |" in reference
     final = text.split("## Final score")[1].split("##")[0].strip().splitlines()
     assert final[0] == "| method | walker · OOD dynamics #0 |"
     assert [row.split("|")[1].strip() for row in final[2:]] == ["mrcom", "rssm", "null", "sac", "sac_utd", "droq"]
