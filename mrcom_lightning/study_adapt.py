@@ -9,9 +9,12 @@ run once per target and seed; `null` on the MrCoM cell's model of that seed.
 Each adaptation is one unit of `launch.run_cells` (local processes or Ray tasks, one torch thread
 each by default): its result is written as soon as it ends, to `<cell>/adapt/<split>-<domain>-<index>.json`
 or `<root>/controls/<control>-seed<seed>/<split>-<domain>-<index>.json`, with the digest of what
-decides it (settings, target, seed, the checkpoint's bytes, the source of the code that adapts:
-`ADAPTATION_CODE`). A re-run skips every unit whose file has the same digest and redoes one whose
-settings, checkpoint or code changed. adapt_table.py writes the table.
+decides it (settings, target, seed, the checkpoint's weights and model and data settings, the source
+of the code that adapts: `ADAPTATION_CODE`). A re-run skips every unit whose file has the same digest
+and redoes one whose settings, world model or code changed. The checkpoint enters by its content, not
+its bytes (which hold the MLflow run id and the trainer's state): a cell retrained on a fresh machine
+from the same data, seed and code gives the same weights, so its finished units are reused.
+adapt_table.py writes the table.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from mrcom_lightning import launch
 from mrcom_lightning.adaptation.controls import CONTROLS, control_config, updates_per_step
@@ -131,11 +136,17 @@ class Unit:
         return record if record.get("key") == self.key else None
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha1()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
+def checkpoint_digest(path: Path) -> str:
+    """The digest of what a checkpoint gives an adaptation: its weights (names, dtypes, shapes and
+    values) and the model's and datamodule's settings; not the run id, paths or optimiser state."""
+    from mrcom_lightning.checkpoints import load_checkpoint
+
+    checkpoint, sha = load_checkpoint(path), hashlib.sha1()
+    for name, value in sorted(checkpoint["state_dict"].items()):
+        sha.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        sha.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for settings in ("hyper_parameters", "datamodule_hyper_parameters"):
+        sha.update(repr(checkpoint.get(settings)).encode())
     return sha.hexdigest()[:12]
 
 
@@ -185,7 +196,7 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
             notes.append(f"seed {seed}: no trained cell of {missing} yet: not adapted")
         if not trained:
             continue
-        digests = {v: file_digest(path) for v, path in trained.items()}
+        digests = {v: checkpoint_digest(path) for v, path in trained.items()}
         targets = {v: cell_targets(path, selectors) for v, path in trained.items()}
         for variant, path in trained.items():
             for target, spec in targets[variant].items():

@@ -94,7 +94,7 @@ def test_random_collection_writes_every_split(reference):
     assert total == 2 * (2 * 3 + 5 * 2) == len(store.index())
     assert store.specs().keys() == {spec.id for split in SPLITS for spec in SCENARIOS.draw(split)}
     manifest = json.loads((Path(reference.root) / MANIFEST).read_text())
-    assert manifest.keys() == {"config", "complete", "scores"}
+    assert manifest.keys() == {"config", "complete", "scenario_models", "scores"}
     assert manifest["config"] == reference.to_dict() and manifest["complete"] is True
     assert is_complete(reference.root)
 
@@ -180,6 +180,27 @@ def test_a_dataset_written_before_a_setting_existed_counts_it_as_its_default(ref
     check_manifest(dataclasses.replace(reference, root=str(older), scenarios=plain))
     with pytest.raises(ValueError, match="scenarios differ"):
         check_manifest(dataclasses.replace(reference, root=str(older)))
+
+
+def test_a_dataset_of_scenarios_now_built_otherwise_is_refused(reference, monkeypatch, tmp_path, capsys):
+    """Same settings, other data: a dataset collected before a change to how a scenario's MuJoCo
+    model is built (here every torso 0.1 % longer) is refused, naming its manifest; one whose
+    manifest predates the digest is used with a warning."""
+    manifest = json.loads((Path(reference.root) / MANIFEST).read_text())
+    assert manifest["scenario_models"] == collect_module.scenario_models_digest(reference) != {}
+    check_manifest(reference)
+    built = collect_module.scaled_model_xml
+    monkeypatch.setattr(collect_module, "scaled_model_xml", lambda domain, length, size: built(domain, 1.001 * length, size))
+    with pytest.raises(ValueError, match="MuJoCo models the code now builds otherwise") as err:
+        collect(reference, progress=False)
+    assert str(Path(reference.root) / MANIFEST) in str(err.value)
+    monkeypatch.undo()
+    older = tmp_path / "older"
+    shutil.copytree(reference.root, older)
+    del manifest["scenario_models"]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    check_manifest(dataclasses.replace(reference, root=str(older)))
+    assert "records no digest of its scenarios' MuJoCo models" in capsys.readouterr().err
 
 
 def collect_command(*args: str) -> list[str]:

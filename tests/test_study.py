@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -296,6 +297,25 @@ def test_an_adaptation_stored_under_other_code_is_redone(tmp_path):
     assert unit.stored() == {"key": unit.key, "final": 1.0}
     rerun = study_adapt.Unit("sac", "test_id/walker-0", spec, 0, False, loop, None, None, unit.path, edited)
     assert rerun.stored() is None
+
+
+def test_a_checkpoint_enters_the_key_by_its_weights_and_settings(tmp_path):
+    """A cell retrained on a fresh machine writes another MLflow run id, other paths and trainer state
+    into its checkpoint: the digest ignores them, so its finished units are reused; a change to one
+    weight or to the model's settings gives another digest."""
+    from mrcom_lightning import study_adapt
+
+    def save(name, weight=1.0, lr=3e-4, run_id="aaa", step=4000):
+        checkpoint = {"state_dict": {"encoder.weight": torch.full((2, 3), weight), "head.count": torch.tensor(7)},
+                      "hyper_parameters": {"lr": lr}, "datamodule_hyper_parameters": {"seed": 0},
+                      "mrcom_run": {"run_id": run_id}, "global_step": step,
+                      "optimizer_states": [{"state": {0: {"exp_avg": torch.rand(2, 3)}}}]}  # fmt: skip
+        torch.save(checkpoint, tmp_path / name)
+        return study_adapt.checkpoint_digest(tmp_path / name)
+
+    first = save("a.ckpt")
+    assert save("b.ckpt", run_id="bbb", step=4001) == first  # another run of the same model
+    assert save("c.ckpt", weight=1.0 + 1e-6) != first and save("d.ckpt", lr=1e-3) != first
 
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):

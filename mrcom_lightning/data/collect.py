@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import pickle
@@ -31,13 +32,15 @@ from mrcom_lightning.data.conditioning import SCENARIO_PARAMETERS, condition
 from mrcom_lightning.data.dataset import DatasetConfig
 from mrcom_lightning.data.episodes import POLICIES, Episode, EpisodeStore, atomic_write
 from mrcom_lightning.data.shipped import install_shipped, shipped_summary
-from mrcom_lightning.scenarios import DOMAINS, SPLITS, Domain, ScenarioEnv, ScenarioSpec, make_env
+from mrcom_lightning.scenarios import DOMAINS, SPLITS, Domain, ScenarioEnv, ScenarioSpec, get_domain, make_env
 from mrcom_lightning.scenarios.domains import PAPER_DRAW_KEYS
+from mrcom_lightning.scenarios.mjcf import scaled_model_xml
 from mrcom_lightning.seeding import derive_seed
 
 __all__ = ["DatasetConfig", "collect", "dataset_scores", "format_scores", "is_complete", "episode_seed", "run_episode"]
 
 MANIFEST = "dataset.json"
+MODELS_KEY = "scenario_models"  # the manifest's digest of the scenarios' MuJoCo models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,12 +154,14 @@ def _worker_domains(config: DatasetConfig) -> tuple[Domain, ...]:
 
 
 def check_manifest(config: DatasetConfig) -> None:
-    """Refuses a dataset at `config.root` collected with other settings (naming them); starts the
-    manifest of a new one. Where the dataset lies (`root`) is not a setting: a moved one is fine."""
+    """Refuses a dataset at `config.root` collected with other settings (naming them) or from
+    scenarios whose MuJoCo models the current code builds otherwise; starts the manifest of a new
+    one. Where the dataset lies (`root`) is not a setting: a moved one is fine."""
     path = Path(config.root) / MANIFEST
     wanted = config.to_dict() | {"root": None}
     if path.exists():
-        found = json.loads(path.read_text()).get("config")
+        manifest = json.loads(path.read_text())
+        found = manifest.get("config")
         if found is not None:  # settings added since the dataset was written count as their defaults
             found = _with_defaults(found, DatasetConfig().to_dict()) | {"root": None}
         if found != wanted:
@@ -165,8 +170,32 @@ def check_manifest(config: DatasetConfig) -> None:
                 f"dataset at {config.root} was collected with other settings ({', '.join(changed)} differ); "
                 "choose another data.root or delete the directory"
             )
+        models = manifest.get(MODELS_KEY)
+        if models is None:
+            print(f"warning: {path} records no digest of its scenarios' MuJoCo models (written before "
+                  "2026-12-06): the data cannot be checked against the scenarios the code builds now; "
+                  "delete the directory to collect it anew", file=sys.stderr)  # fmt: skip
+            return
+        changed = sorted(k for k, v in scenario_models_digest(config).items() if models.get(k, v) != v)
+        if changed:
+            raise ValueError(
+                f"dataset at {config.root} was collected from scenarios whose MuJoCo models the code now "
+                f"builds otherwise ({', '.join(changed)}; the digests in {path} differ: the torso scaling or a "
+                "domain's model changed since); delete the directory to collect it anew"
+            )
         return
     _write_manifest(config, complete=False)
+
+
+def scenario_models_digest(config: DatasetConfig) -> dict[str, str]:
+    """Scenario id -> the digest of the MJCF text the code builds for it (its torso scaled), for
+    every scenario of the set: the same settings give other data when one of these changes."""
+    digests = {}
+    for split in SPLITS:
+        for spec in config.scenarios.draw(split):
+            xml = scaled_model_xml(get_domain(spec.domain), spec.length_scale, spec.size_scale)
+            digests[spec.id] = hashlib.sha1(xml.encode()).hexdigest()[:12]
+    return digests
 
 
 def _with_defaults(found: dict, defaults: dict) -> dict:
@@ -181,7 +210,8 @@ def _with_defaults(found: dict, defaults: dict) -> dict:
 
 
 def _write_manifest(config: DatasetConfig, complete: bool, scores: dict | None = None) -> None:
-    manifest = {"config": config.to_dict(), "complete": complete} | ({"scores": scores} if scores else {})
+    manifest = {"config": config.to_dict(), "complete": complete, MODELS_KEY: scenario_models_digest(config)}
+    manifest |= {"scores": scores} if scores else {}
     payload = json.dumps(manifest, indent=1).encode()
     atomic_write(Path(config.root) / MANIFEST, lambda f: f.write(payload))
 
