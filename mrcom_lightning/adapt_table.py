@@ -178,6 +178,24 @@ def behaviour_section(behaviour: Cells, targets: list[str]) -> list[str]:
     ]
 
 
+def realisations(records: list[dict]) -> str:
+    """Which realisation of each cell's world model its units adapted (`checkpoint_weights`, recorded
+    since 2026-12-06; "unrecorded" before): one sentence naming every cell adapted in more than one,
+    as when a cell is retrained on another machine between two parts of a study."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for r in records:
+        if r.get("checkpoint"):
+            weights = r.get("checkpoint_weights") or "unrecorded"
+            seen.setdefault(r["checkpoint"], {}).setdefault(weights, []).append(f"{r['method']} {r['target']}")
+    mixed = {path: found for path, found in sorted(seen.items()) if len(found) > 1}
+    if not mixed:
+        return "World models: each cell's units adapted one realisation of its model."
+    parts = [f"{path}: " + "; ".join(f"{weights} ({', '.join(sorted(units))})" for weights, units in found.items())
+             for path, found in mixed.items()]  # fmt: skip
+    return ("World models: these cells were retrained between units (same recipe, other weights; "
+            "docs/table1.md), so their units adapted more than one realisation: " + " | ".join(parts) + ".")  # fmt: skip
+
+
 def report(records: list[dict], root: Path, variants: list[str], controls: list[str], settings: str = "",
            behaviour: Cells | None = None) -> str:  # fmt: skip
     """Writes `report_adapt.md`, `report_adapt.csv` and `adapt_curves.png` under `root` from the
@@ -201,6 +219,7 @@ def report(records: list[dict], root: Path, variants: list[str], controls: list[
             "real step), `sac_utd` (the loop's updates per real step), `droq` (DroQ's critics, the same updates)."
             + (f" Settings: {settings}." if settings else "")
         ),
+        "\n" + realisations(records),
         "\n## Final score\n",
         score_table(finals, methods, targets),
         "\n## Mean over the score curve\n",

@@ -9,12 +9,14 @@ run once per target and seed; `null` on the MrCoM cell's model of that seed.
 Each adaptation is one unit of `launch.run_cells` (local processes or Ray tasks, one torch thread
 each by default): its result is written as soon as it ends, to `<cell>/adapt/<split>-<domain>-<index>.json`
 or `<root>/controls/<control>-seed<seed>/<split>-<domain>-<index>.json`, with the digest of what
-decides it (settings, target, seed, the checkpoint's weights and model and data settings, the source
-of the code that adapts: `ADAPTATION_CODE`). A re-run skips every unit whose file has the same digest
-and redoes one whose settings, world model or code changed. The checkpoint enters by its content, not
-its bytes (which hold the MLflow run id and the trainer's state): a cell retrained on a fresh machine
-from the same data, seed and code gives the same weights, so its finished units are reused.
-adapt_table.py writes the table.
+decides it (settings, target, seed, how the world model was made, the source of the code that adapts:
+`ADAPTATION_CODE`). A re-run skips every unit whose file has the same digest and redoes one whose
+settings, world model or code changed. The world model enters by its recipe (`model_recipe`: the
+cell's fit config and the settings its checkpoint holds), not its bytes or weights: the same recipe
+retrained on another machine can give other weights (the same code collected other data on two
+machines: docs/table1.md), so a study longer than one machine's session resumes from its finished units. Each record
+also holds the weights' digest (`checkpoint_weights`); the report names any cell whose units adapted
+more than one realisation of its model. adapt_table.py writes the table.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from mrcom_lightning.scenarios import SPLITS, ScenarioSpec
 ADAPT = "adapt"  # in a cell's folder: its adaptations
 CONTROL_FOLDER = "controls"  # in the study's folder: the controls', one folder per control and seed
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a cell's folder: the one `mrcom test` scored
+FIT_CONFIG = "config-fit.yaml"  # in a cell's folder: the config `mrcom fit` trained it with
 DEFAULT_TARGETS = ["test_id/*/0", "test_ood/*/0"]
 DEFAULT_LOOP = "configs/adapt/loop.yaml"
 REFERENCE = "mrcom"
@@ -113,7 +116,7 @@ class Unit:
     use_model: bool
     config: AdaptationConfig
     checkpoint: str | None  # the world model adapted (None: model-free)
-    checkpoint_digest: str | None
+    model_recipe: str | None  # model_recipe() of the checkpoint
     path: Path
     code: str  # code_digest() when the study was planned
 
@@ -124,7 +127,7 @@ class Unit:
     @property
     def key(self) -> str:
         """The digest of what decides the result: a stored one with another key is redone."""
-        what = [self.use_model, repr(self.config), repr(self.spec), self.seed, self.checkpoint_digest, self.code]
+        what = [self.use_model, repr(self.config), repr(self.spec), self.seed, self.model_recipe, self.code]
         return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:12]
 
     def stored(self) -> dict | None:
@@ -136,17 +139,30 @@ class Unit:
         return record if record.get("key") == self.key else None
 
 
-def checkpoint_digest(path: Path) -> str:
-    """The digest of what a checkpoint gives an adaptation: its weights (names, dtypes, shapes and
-    values) and the model's and datamodule's settings; not the run id, paths or optimiser state."""
+def model_recipe(checkpoint: Path) -> str:
+    """The digest of how a cell's world model was made: the fit config that `mrcom fit` saved in the
+    cell (`config-fit.yaml` beside the checkpoints' folder, where there is one) and the model's,
+    data's and seed settings the checkpoint holds; not its weights, run id or trainer state."""
     from mrcom_lightning.checkpoints import load_checkpoint
 
-    checkpoint, sha = load_checkpoint(path), hashlib.sha1()
-    for name, value in sorted(checkpoint["state_dict"].items()):
+    saved, sha = load_checkpoint(checkpoint), hashlib.sha1()
+    fit_config = Path(checkpoint).parent.parent / FIT_CONFIG
+    if fit_config.is_file():
+        sha.update(fit_config.read_bytes())
+    for settings in ("hyper_parameters", "datamodule_hyper_parameters", "mrcom_seed"):
+        sha.update(repr(saved.get(settings)).encode())
+    return sha.hexdigest()[:12]
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """The digest of a checkpoint's weights (names, dtypes, shapes and values): which realisation of
+    its recipe a unit adapted."""
+    from mrcom_lightning.checkpoints import load_checkpoint
+
+    sha = hashlib.sha1()
+    for name, value in sorted(load_checkpoint(checkpoint)["state_dict"].items()):
         sha.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
         sha.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for settings in ("hyper_parameters", "datamodule_hyper_parameters"):
-        sha.update(repr(checkpoint.get(settings)).encode())
     return sha.hexdigest()[:12]
 
 
@@ -196,7 +212,7 @@ def plan(cells: dict[tuple[str, int], Path], root: Path, selectors: list[str], l
             notes.append(f"seed {seed}: no trained cell of {missing} yet: not adapted")
         if not trained:
             continue
-        digests = {v: checkpoint_digest(path) for v, path in trained.items()}
+        digests = {v: model_recipe(path) for v, path in trained.items()}
         targets = {v: cell_targets(path, selectors) for v, path in trained.items()}
         for variant, path in trained.items():
             for target, spec in targets[variant].items():
@@ -232,7 +248,8 @@ def run_unit(unit: Unit, device: str) -> dict:
         "updates_per_step": updates_per_step(unit.config) if unit.use_model else unit.config.sac.updates_per_step,
         "settings": dataclasses.asdict(unit.config),
         "settings_digest": hashlib.sha1(repr(unit.config).encode()).hexdigest()[:12],
-        "checkpoint": unit.checkpoint, "checkpoint_digest": unit.checkpoint_digest, "device": device, "code": unit.code, "key": unit.key,
+        "checkpoint": unit.checkpoint, "model_recipe": unit.model_recipe,
+        "checkpoint_weights": weights_digest(Path(unit.checkpoint)) if unit.checkpoint else None, "device": device, "code": unit.code, "key": unit.key,
         "metrics": {k: v for k, v in result.metrics.items() if k.startswith("charts/")},
     }  # fmt: skip
     unit.path.parent.mkdir(parents=True, exist_ok=True)

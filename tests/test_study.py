@@ -299,23 +299,37 @@ def test_an_adaptation_stored_under_other_code_is_redone(tmp_path):
     assert rerun.stored() is None
 
 
-def test_a_checkpoint_enters_the_key_by_its_weights_and_settings(tmp_path):
-    """A cell retrained on a fresh machine writes another MLflow run id, other paths and trainer state
-    into its checkpoint: the digest ignores them, so its finished units are reused; a change to one
-    weight or to the model's settings gives another digest."""
+def test_a_world_model_enters_the_key_by_its_recipe_and_its_record_by_its_weights(tmp_path):
+    """A cell retrained on another machine holds another MLflow run id, trainer state and, in the last
+    bits, other weights: its recipe (fit config and settings) is the same, so its finished units are
+    reused, and the weights' digest tells the realisations apart; another fit config or setting is
+    another recipe."""
     from mrcom_lightning import study_adapt
 
-    def save(name, weight=1.0, lr=3e-4, run_id="aaa", step=4000):
+    def save(cell, weight=1.0, lr=3e-4, run_id="aaa", max_steps=4500):
+        (tmp_path / cell / "checkpoints").mkdir(parents=True)
+        (tmp_path / cell / study_adapt.FIT_CONFIG).write_text(f"trainer:\n  max_steps: {max_steps}\n")
         checkpoint = {"state_dict": {"encoder.weight": torch.full((2, 3), weight), "head.count": torch.tensor(7)},
-                      "hyper_parameters": {"lr": lr}, "datamodule_hyper_parameters": {"seed": 0},
-                      "mrcom_run": {"run_id": run_id}, "global_step": step,
-                      "optimizer_states": [{"state": {0: {"exp_avg": torch.rand(2, 3)}}}]}  # fmt: skip
-        torch.save(checkpoint, tmp_path / name)
-        return study_adapt.checkpoint_digest(tmp_path / name)
+                      "hyper_parameters": {"lr": lr}, "datamodule_hyper_parameters": {"seed": 0}, "mrcom_seed": 0,
+                      "mrcom_run": {"run_id": run_id}, "optimizer_states": [{"state": {0: {"exp_avg": torch.rand(2, 3)}}}]}  # fmt: skip
+        torch.save(checkpoint, path := tmp_path / cell / study_adapt.CHECKPOINT)
+        return study_adapt.model_recipe(path), study_adapt.weights_digest(path)
 
-    first = save("a.ckpt")
-    assert save("b.ckpt", run_id="bbb", step=4001) == first  # another run of the same model
-    assert save("c.ckpt", weight=1.0 + 1e-6) != first and save("d.ckpt", lr=1e-3) != first
+    recipe, weights = save("a")
+    assert save("b", run_id="bbb") == (recipe, weights)  # the same model, another run
+    assert save("c", weight=1.0 + 1e-6, run_id="ccc") == (recipe, save("c2", weight=1.0 + 1e-6)[1]) != (recipe, weights)
+    assert save("d", lr=1e-3)[0] != recipe and save("e", max_steps=3000)[0] != recipe
+
+
+def test_the_report_names_a_cell_adapted_in_two_realisations():
+    from mrcom_lightning.adapt_table import realisations
+
+    one = [{"method": "mrcom", "target": t, "checkpoint": "runs/s/base-seed2/best.ckpt", "checkpoint_weights": "w1"}
+           for t in ("test_id/walker-0", "test_ood/walker-0")] + [{"method": "sac", "target": "test_id/walker-0", "checkpoint": None}]  # fmt: skip
+    assert realisations(one) == "World models: each cell's units adapted one realisation of its model."
+    two = one + [{"method": "null", "target": "test_id/walker-0", "checkpoint": "runs/s/base-seed2/best.ckpt"}]
+    text = realisations(two)
+    assert "runs/s/base-seed2/best.ckpt: w1 (mrcom test_id/walker-0, mrcom test_ood/walker-0); unrecorded (null test_id/walker-0)" in text
 
 
 def test_report_only_reads_the_finished_cells(fake_cells, tmp_path, capsys):
